@@ -1,0 +1,148 @@
+"""Config pieces shared by `configs/*.py`, and start-up validation.
+
+Configs are `ml_collections.ConfigDict`s built by `get_config()` in a Python
+file; `base_config()` holds every field with the paper's values where the
+paper gives them, and each config overrides what differs. `validate()` runs
+before anything is built and raises a `ValueError` that names the field.
+"""
+
+import ml_collections
+
+
+def base_config():
+  """Every field, with a one-line comment each. Values: the paper's setting."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Parameter init, masking and data order all derive from it.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "kgmae_benchmark"  # TFDS name of the embedded benchmark.
+  c.data.data_dir = ""  # '' -> $KGMAE_DATA_DIR or ~/tensorflow_datasets.
+  c.data.tile_size = 64  # Tile edge in pixels (H = W).
+  c.data.num_train = 1024  # Region-A training tiles.
+  c.data.num_test = 64  # Region-A held-out tiles.
+  c.data.num_test_b = 64  # Region-B tiles (cross-region tests).
+  c.data.snr_vnir = 150.0  # Signal-to-noise ratio below 1000 nm.
+  c.data.snr_swir = 80.0  # Signal-to-noise ratio above 1000 nm.
+  c.data.seed = 0  # Generator seed: a new seed is a new data set.
+  c.data.num_workers = 0  # grain worker processes; 0 reads in-process.
+  c.data.prefetch = 2  # Batches read ahead.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.patch_size = 16  # Pixels per patch edge (paper: 16).
+  c.model.width = 512  # Encoder width D (paper: 512).
+  c.model.depth = 12  # Encoder blocks (unpublished; ViT-B depth).
+  c.model.num_heads = 8  # Encoder heads (paper: 8).
+  c.model.dec_width = 512  # Decoder width E.
+  c.model.dec_depth = 8  # Decoder blocks (MAE default).
+  c.model.dec_num_heads = 8  # Decoder heads.
+  c.model.mlp_ratio = 4.0  # MLP hidden width / model width.
+  c.model.mask_ratio = 0.75  # Fraction of tokens hidden from the encoder.
+  c.model.dtype = "float32"  # Compute dtype: float32 or bfloat16.
+  c.model.attention = "auto"  # auto (XLA picks), xla or cudnn.
+  c.model.remat = False  # Rematerialise transformer blocks (saves memory).
+
+  c.lsmm = ml_collections.ConfigDict()
+  c.lsmm.enabled = True  # LSMM branch on; off gives the plain ViT-MAE.
+  c.lsmm.num_endmembers = 8  # M (unpublished; 8 for EnMAP scenes).
+  c.lsmm.per_pixel = False  # Abundances per pixel (p*p*M per token), else per token.
+  c.lsmm.init = "random"  # random (paper), library (class means) or data (pixels).
+  c.lsmm.learn = True  # False keeps the endmembers fixed at their init.
+  c.lsmm.on_visible = True  # LSMM loss on visible tokens too, not only masked.
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.huber = 1.0  # lambda1: Huber on standardised pixels.
+  c.loss.sam = 1.0  # lambda2: spectral angle (radians) in reflectance space.
+  c.loss.lsmm = 0.5  # lambda3: LSMM physics term (Huber + SAM of A.a).
+  c.loss.huber_delta = 1.0  # Huber threshold, in per-band std units.
+  c.loss.lsmm_sam_weight = 1.0  # SAM share inside the LSMM term.
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1.5e-4  # Peak learning rate (MAE: 1.5e-4 * batch / 256).
+  c.optim.warmup_steps = 500  # Linear warm-up from 0.
+  c.optim.final_lr_frac = 0.01  # Cosine decays to lr * final_lr_frac.
+  c.optim.weight_decay = 0.05  # AdamW decay on matrices only.
+  c.optim.b1 = 0.9  # Adam beta1.
+  c.optim.b2 = 0.95  # Adam beta2 (MAE).
+  c.optim.grad_clip = 1.0  # Global-norm clipping; 0 disables.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64  # Global batch, split over the mesh.
+  c.train.steps = 20000  # Optimiser steps.
+  c.train.log_every = 50  # Steps between metric logs.
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # Devices on the batch axis; -1: all left after fsdp.
+  c.mesh.fsdp = 1  # Devices over which parameters are sharded (1: replicated).
+
+  c.ckpt = ml_collections.ConfigDict()
+  c.ckpt.every_steps = 1000  # Save interval; the last step is always saved.
+  c.ckpt.keep = 3  # Checkpoints kept.
+
+  c.evals = ml_collections.ConfigDict()
+  c.evals.split = "test"  # Held-out split for the final evaluation.
+  c.evals.num_tiles = 64  # Tiles evaluated (0: all).
+  c.evals.batch_size = 16  # Tiles per evaluation batch.
+  c.evals.data_range = 1.0  # Reflectance range for PSNR and SSIM.
+  c.evals.num_plot = 4  # Tiles drawn in the reconstruction figure.
+  return c
+
+
+_DTYPES = ("float32", "bfloat16")
+_ATTENTION = ("auto", "xla", "cudnn")
+_INITS = ("random", "library", "data")
+
+
+def validate(c, num_devices=None, num_bands=None):
+  """Raises ValueError naming the offending field; returns None."""
+  m = c.model
+
+  def need(ok, field, msg):
+    if not ok:
+      raise ValueError(f"config.{field}: {msg}")
+
+  need(m.patch_size > 0, "model.patch_size", "must be positive.")
+  t, p = c.data.tile_size, m.patch_size
+  if t % p:
+    lo, hi = (t // p) * p, (t // p + 1) * p
+    need(False, "data.tile_size",
+         f"{t} is not divisible by model.patch_size={p}; nearest valid tile "
+         f"sizes are {[s for s in (lo, hi) if s > 0]}.")
+  need(0.0 < m.mask_ratio < 1.0, "model.mask_ratio",
+       f"must be in (0, 1), got {m.mask_ratio}.")
+  need(m.width % m.num_heads == 0 and m.width % 4 == 0, "model.width",
+       f"{m.width} must be a multiple of 4 and of model.num_heads={m.num_heads}.")
+  need(m.dec_width % m.dec_num_heads == 0 and m.dec_width % 4 == 0,
+       "model.dec_width", f"{m.dec_width} must be a multiple of 4 and of "
+       f"model.dec_num_heads={m.dec_num_heads}.")
+  need(m.depth >= 1 and m.dec_depth >= 1, "model.depth",
+       "encoder and decoder need at least one block each.")
+  need(m.dtype in _DTYPES, "model.dtype", f"one of {_DTYPES}, got {m.dtype!r}.")
+  need(m.attention in _ATTENTION, "model.attention",
+       f"one of {_ATTENTION}, got {m.attention!r}.")
+  need(c.lsmm.num_endmembers >= 1, "lsmm.num_endmembers",
+       f"must be >= 1, got {c.lsmm.num_endmembers}.")
+  need(c.lsmm.init in _INITS, "lsmm.init", f"one of {_INITS}, got {c.lsmm.init!r}.")
+  for term in ("huber", "sam", "lsmm"):
+    need(c.loss[term] >= 0, f"loss.{term}", f"must be >= 0, got {c.loss[term]}.")
+  need(c.loss.huber + c.loss.sam + c.loss.lsmm > 0, "loss",
+       "all loss weights are 0: nothing to train.")
+  need(c.lsmm.enabled or c.loss.lsmm == 0, "loss.lsmm",
+       "is > 0 but lsmm.enabled is False; set one of them.")
+  need(c.loss.huber_delta > 0, "loss.huber_delta", "must be positive.")
+  need(c.optim.lr > 0, "optim.lr", "must be positive.")
+  need(0 <= c.optim.warmup_steps, "optim.warmup_steps", "must be >= 0.")
+  need(c.train.steps >= 1, "train.steps", "must be >= 1.")
+  need(c.train.batch_size >= 1, "train.batch_size", "must be >= 1.")
+  need(c.ckpt.every_steps >= 1, "ckpt.every_steps", "must be >= 1.")
+  need(c.ckpt.keep >= 1, "ckpt.keep", "must be >= 1.")
+  need(c.mesh.fsdp >= 1, "mesh.fsdp", "must be >= 1.")
+  if num_devices is not None:
+    need(num_devices % c.mesh.fsdp == 0, "mesh.fsdp",
+         f"{c.mesh.fsdp} does not divide the {num_devices} devices.")
+    data = c.mesh.data if c.mesh.data > 0 else num_devices // c.mesh.fsdp
+    need(data * c.mesh.fsdp == num_devices, "mesh.data",
+         f"mesh.data={data} x mesh.fsdp={c.mesh.fsdp} != {num_devices} devices.")
+    need(c.train.batch_size % num_devices == 0, "train.batch_size",
+         f"{c.train.batch_size} is not divisible by the {num_devices} devices.")
+  if num_bands is not None:
+    need(num_bands >= 1, "data", "the data set has no bands.")

@@ -1,0 +1,260 @@
+"""KARMA: a ViT masked autoencoder for hyperspectral cubes with an LSMM branch.
+
+Shapes: N batch, H x W pixels, B bands, p patch size, L = (H/p)(W/p) tokens,
+K visible tokens, D encoder width, E decoder width, M endmembers.
+
+The model takes *standardised* cubes (per-band (x - mean) / std; see
+`train.py`) and returns, per token:
+  pred        (N, L, p*p*B)  pixel decoder output, standardised units;
+  abundances  (N, L, M) or (N, L, p*p, M) with `per_pixel_abundances`;
+              non-negative, sum to one (softmax);
+  endmembers  (B, M)  learned, non-negative (softplus of a raw parameter),
+              reflectance units.
+The physical reconstruction is `losses.lsmm_mix(abundances, endmembers)`,
+a branch parallel to the pixel decoder, in reflectance units.
+
+Position embeddings are fixed 2-D sin-cos, computed from the patch grid, so one
+set of weights serves any tile size divisible by p. With `lsmm=False` and the
+SAM/LSMM weights at 0 this is the plain ViT-MAE baseline.
+"""
+
+import functools
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kgmae_jax import losses
+from kgmae_jax import patching
+
+
+def sincos_2d(grid_hw, dim):
+  """Fixed 2-D sin-cos position embedding: (gh*gw, dim), float32 numpy."""
+  if dim % 4:
+    raise ValueError(f"Embedding width must be a multiple of 4, got {dim}.")
+  gh, gw = grid_hw
+  yy, xx = np.meshgrid(np.arange(gh, dtype=np.float64),
+                       np.arange(gw, dtype=np.float64), indexing="ij")
+  omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
+  out_y = yy.reshape(-1, 1) * omega[None]
+  out_x = xx.reshape(-1, 1) * omega[None]
+  emb = np.concatenate(
+      [np.sin(out_x), np.cos(out_x), np.sin(out_y), np.cos(out_y)], axis=1)
+  return emb.astype(np.float32)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention through `jax.nn.dot_product_attention`."""
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+  implementation: Optional[str] = None  # None (XLA), 'xla' or 'cudnn'.
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f"Width {d} is not divisible by {self.num_heads} heads.")
+    dense = functools.partial(nn.DenseGeneral, dtype=self.dtype)
+    qkv = dense((3, self.num_heads, d // self.num_heads), name="qkv")(x)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    return dense(d, axis=(-2, -1), name="out")(y)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: x + attn(ln(x)); x + mlp(ln(x))."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: jnp.dtype = jnp.float32
+  attention: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    y = nn.LayerNorm(dtype=self.dtype, name="ln1")(x)
+    x = x + Attention(self.num_heads, self.dtype, self.attention, name="attn")(y)
+    y = nn.LayerNorm(dtype=self.dtype, name="ln2")(x)
+    y = nn.Dense(int(d * self.mlp_ratio), dtype=self.dtype, name="mlp1")(y)
+    y = nn.Dense(d, dtype=self.dtype, name="mlp2")(nn.gelu(y))
+    return x + y
+
+
+class Stack(nn.Module):
+  """`depth` blocks then a final LayerNorm; optional rematerialisation."""
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: jnp.dtype = jnp.float32
+  attention: Optional[str] = None
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    block = nn.remat(Block) if self.remat else Block
+    for i in range(self.depth):
+      x = block(self.num_heads, self.mlp_ratio, self.dtype, self.attention,
+                name=f"block{i}")(x)
+    return nn.LayerNorm(dtype=self.dtype, name="ln")(x)
+
+
+class KarmaMAE(nn.Module):
+  """ViT-MAE encoder/decoder with a pixel head and an optional LSMM head."""
+  num_bands: int
+  patch_size: int = 16
+  width: int = 512
+  depth: int = 12
+  num_heads: int = 8
+  dec_width: int = 512
+  dec_depth: int = 8
+  dec_num_heads: int = 8
+  mlp_ratio: float = 4.0
+  lsmm: bool = True
+  num_endmembers: int = 8
+  per_pixel_abundances: bool = False
+  dtype: jnp.dtype = jnp.float32
+  attention: Optional[str] = None
+  remat: bool = False
+
+  def setup(self):
+    p, b = self.patch_size, self.num_bands
+    self.embed = nn.Dense(self.width, dtype=self.dtype, name="embed")
+    self.encoder = Stack(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
+                         self.attention, self.remat, name="encoder")
+    self.dec_embed = nn.Dense(self.dec_width, dtype=self.dtype, name="dec_embed")
+    self.mask_token = self.param("mask_token", nn.initializers.normal(0.02),
+                                 (self.dec_width,))
+    self.decoder = Stack(self.dec_depth, self.dec_num_heads, self.mlp_ratio,
+                         self.dtype, self.attention, self.remat, name="decoder")
+    self.pixel_head = nn.Dense(p * p * b, dtype=self.dtype, name="pixel_head")
+    if self.lsmm:
+      m = self.num_endmembers
+      out = m * p * p if self.per_pixel_abundances else m
+      self.lsmm_hidden = nn.Dense(self.dec_width // 2, dtype=self.dtype,
+                                  name="lsmm_hidden")
+      self.lsmm_out = nn.Dense(out, dtype=self.dtype, name="lsmm_out")
+      # Raw parameter; endmembers = softplus(raw) >= 0. Random init as in the
+      # paper (reflectance ~U(0.05, 0.6)); `train.py` may overwrite it with
+      # library or data spectra.
+      self.endmembers_raw = self.param(
+          "endmembers_raw", _softplus_inverse_uniform(0.05, 0.6), (b, m))
+
+  def encode(self, x, ids_keep=None):
+    """Standardised cube (N, H, W, B) -> visible-token embeddings (N, K, D).
+
+    ids_keep (N, K) selects visible tokens; None keeps all (no masking).
+    """
+    n, h, w, b = x.shape
+    if b != self.num_bands:
+      raise ValueError(f"Cube has {b} bands but the model was built for "
+                       f"{self.num_bands} (model.num_bands).")
+    p = self.patch_size
+    grid = (h // p, w // p)
+    tokens = self.embed(patching.patchify(x, p).astype(self.dtype))
+    tokens = tokens + sincos_2d(grid, self.width).astype(self.dtype)
+    if ids_keep is not None:
+      tokens = patching.gather_tokens(tokens, ids_keep)
+    return self.encoder(tokens)
+
+  def decode(self, latent, ids_restore):
+    """Visible latents (N, K, D) -> decoder tokens (N, L, E) in image order."""
+    n, k, _ = latent.shape
+    num_tokens = ids_restore.shape[1]
+    x = self.dec_embed(latent)
+    mask_tokens = jnp.broadcast_to(self.mask_token.astype(x.dtype),
+                                   (n, num_tokens - k, self.dec_width))
+    x = jnp.concatenate([x, mask_tokens], axis=1)
+    return patching.gather_tokens(x, ids_restore)
+
+  def __call__(self, x, ids_keep, ids_restore):
+    """Standardised cube (N, H, W, B) + masking indices -> output dict."""
+    n, h, w, _ = x.shape
+    p = self.patch_size
+    grid = (h // p, w // p)
+    y = self.decode(self.encode(x, ids_keep), ids_restore)
+    y = y + sincos_2d(grid, self.dec_width).astype(y.dtype)
+    y = self.decoder(y)
+    out = {"pred": self.pixel_head(y).astype(jnp.float32)}
+    if self.lsmm:
+      logits = self.lsmm_out(nn.gelu(self.lsmm_hidden(y))).astype(jnp.float32)
+      if self.per_pixel_abundances:
+        logits = logits.reshape(n, grid[0] * grid[1], p * p, self.num_endmembers)
+      out["abundances"] = jax.nn.softmax(logits, axis=-1)
+      out["endmembers"] = self.endmembers()
+    return out
+
+  def endmembers(self):
+    """Non-negative endmember matrix (B, M), reflectance units."""
+    return jax.nn.softplus(self.endmembers_raw.astype(jnp.float32))
+
+
+def standardise(cube, valid, mean, std):
+  """Reflectance (N, H, W, B) -> (x - mean) / std, 0 at invalid pixels."""
+  x = (cube - mean) / std
+  return jnp.where(valid[..., None], x, 0.0)
+
+
+def forward(model, params, cube, valid, ids_keep, ids_restore, mean, std):
+  """Model outputs plus per-pixel targets and masks, all in token layout.
+
+  Returns a dict with `pred`, `target` (N, L, p*p, B) standardised; `refl`
+  (N, L, p*p, B) reflectance; `pixel_valid` (N, L, p*p); and, with the LSMM
+  branch, `abundances`, `endmembers` and `mixed` (A.a, reflectance) per pixel
+  (N, L, p*p, .) or per token (N, L, .).
+  """
+  n, h, w, b = cube.shape
+  p = model.patch_size
+  num_tokens = (h // p) * (w // p)
+  x = standardise(cube, valid, mean, std)
+  out = model.apply({"params": params}, x, ids_keep, ids_restore)
+  res = {
+      "pred": out["pred"].reshape(n, num_tokens, p * p, b),
+      "target": patching.patchify(x, p).reshape(n, num_tokens, p * p, b),
+      "refl": patching.patchify(jnp.where(valid[..., None], cube, 0.0), p
+                                ).reshape(n, num_tokens, p * p, b),
+      "pixel_valid": patching.pixels_per_token(valid, p).astype(jnp.float32),
+  }
+  if model.lsmm:
+    res["abundances"] = out["abundances"]
+    res["endmembers"] = out["endmembers"]
+    res["mixed"] = losses.lsmm_mix(out["abundances"], out["endmembers"])
+  return res
+
+
+def _softplus_inverse_uniform(lo, hi):
+  def init(key, shape, dtype=jnp.float32):
+    return softplus_inverse(jax.random.uniform(key, shape, dtype, lo, hi))
+  return init
+
+
+def softplus_inverse(y):
+  """x with softplus(x) = y, for y > 0 (used to set endmembers from spectra)."""
+  y = jnp.maximum(jnp.asarray(y, jnp.float32), 1e-6)
+  return y + jnp.log(-jnp.expm1(-y))
+
+
+def build(model_cfg, lsmm_cfg, num_bands):
+  """KarmaMAE from the `model` and `lsmm` config groups and the data's bands."""
+  return KarmaMAE(
+      num_bands=num_bands,
+      patch_size=model_cfg.patch_size,
+      width=model_cfg.width,
+      depth=model_cfg.depth,
+      num_heads=model_cfg.num_heads,
+      dec_width=model_cfg.dec_width,
+      dec_depth=model_cfg.dec_depth,
+      dec_num_heads=model_cfg.dec_num_heads,
+      mlp_ratio=model_cfg.mlp_ratio,
+      lsmm=lsmm_cfg.enabled,
+      num_endmembers=lsmm_cfg.num_endmembers,
+      per_pixel_abundances=lsmm_cfg.per_pixel,
+      dtype=jnp.dtype(model_cfg.dtype),
+      attention=model_cfg.attention,
+      remat=model_cfg.remat,
+  )
+
+
+def encode(params, cube, *, model):
+  """Token embeddings (N, L, D) of a standardised cube, no masking."""
+  return model.apply({"params": params}, cube, method=KarmaMAE.encode)

@@ -1,0 +1,159 @@
+"""Figures written after training: loss curves, reconstructions, endmembers,
+abundance maps. Everything in physical units (reflectance, nm)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+from etils import epath
+
+from kgmae_jax import enmap
+from kgmae_jax import report
+
+
+def _spectrum_xy(wavelengths, values):
+  """Sorted by wavelength, with NaN breaks across gaps (dropped bands)."""
+  order = np.argsort(wavelengths)
+  x, y = np.asarray(wavelengths)[order], np.asarray(values)[..., order]
+  gaps = np.where(np.diff(x) > 30)[0] + 1
+  x = np.insert(x.astype(float), gaps, np.nan)
+  y = np.insert(y.astype(float), gaps, np.nan, axis=-1)
+  return x, y
+
+
+def _rgb(cube, idx, lo_hi):
+  lo, hi = lo_hi
+  return np.clip((cube[..., idx] - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
+
+
+def loss_curves(metrics_path, out_path):
+  """Total loss and each weighted term against step (log scale)."""
+  rows = report.read_jsonl(metrics_path)
+  if not rows:
+    return
+  steps = [r["step"] for r in rows]
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for key in ("loss", "huber", "sam", "lsmm"):
+    vals = [r.get(key) for r in rows]
+    if any(v for v in vals):
+      axes[0].plot(steps, vals, label=key)
+  axes[0].set(xlabel="step", ylabel="loss (weighted terms)", yscale="log",
+              title="Training loss")
+  axes[0].legend()
+  axes[1].plot(steps, [r.get("lr", np.nan) for r in rows])
+  axes[1].set(xlabel="step", ylabel="learning rate", title="Schedule")
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+
+
+def reconstructions(plot, wavelengths, out_path):
+  """Per tile: truth, masked input, reconstruction (and A.a); spectra below."""
+  cube, recon, masked = plot["cube"], plot["recon"], plot["masked"]
+  idx = enmap.rgb_band_indices(wavelengths)
+  lo_hi = np.percentile(cube[..., idx], [2, 98])
+  cols = ["truth", "masked input", "reconstruction"]
+  if "mixed" in plot:
+    cols.append("LSMM  A·a")
+  n = len(cube)
+  fig, axes = plt.subplots(n + 1, len(cols), figsize=(3 * len(cols), 3 * n + 3),
+                           squeeze=False)
+  for i in range(n):
+    shown = _rgb(cube[i], idx, lo_hi)
+    images = [shown, np.where(masked[i][..., None], 0.5, shown),
+              _rgb(recon[i], idx, lo_hi)]
+    if "mixed" in plot:
+      images.append(_rgb(plot["mixed"][i], idx, lo_hi))
+    for j, img in enumerate(images):
+      axes[i, j].imshow(img)
+      axes[i, j].set_axis_off()
+      if i == 0:
+        axes[i, j].set_title(cols[j])
+  # Spectra at three masked pixels of the first tile.
+  ys, xs = np.nonzero(masked[0])
+  for j, ax in enumerate(axes[n]):
+    if j >= 3 or not len(ys):
+      ax.set_axis_off()
+      continue
+    k = (len(ys) - 1) * j // 2
+    y, x = ys[k], xs[k]
+    for arr, label, style in ((cube, "truth", "k-"), (recon, "reconstruction",
+                                                       "C0-"),
+                              (plot.get("mixed"), "A·a", "C1--")):
+      if arr is not None:
+        ax.plot(*_spectrum_xy(wavelengths, arr[0, y, x]), style, label=label)
+    ax.set(xlabel="wavelength (nm)", ylabel="reflectance",
+           title=f"masked pixel ({y}, {x})")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=100)
+  plt.close(fig)
+
+
+def endmembers(plot, wavelengths, class_names, sad_deg, out_path):
+  """Learned endmembers, each beside the true material it was matched to."""
+  learned = plot["endmembers"]  # (B, M)
+  m = learned.shape[1]
+  cols = min(m, 4)
+  rows = -(-m // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows),
+                           squeeze=False)
+  matched = {}
+  if "matching" in plot:
+    matched = dict(zip(*plot["matching"]))
+  for j in range(rows * cols):
+    ax = axes.flat[j]
+    if j >= m:
+      ax.set_axis_off()
+      continue
+    ax.plot(*_spectrum_xy(wavelengths, learned[:, j]), "C0-", label="learned")
+    title = f"endmember {j}"
+    if j in matched:
+      c = matched[j]
+      name = class_names[c] if c < len(class_names) else str(c)
+      ax.plot(*_spectrum_xy(wavelengths, plot["true_endmembers"][c]), "k--",
+              label=f"true {name}")
+      title += f" ~ {name} (SAD {sad_deg.get(name, np.nan):.1f}°)"
+    ax.set_title(title, fontsize=8)
+    ax.set(xlabel="nm", ylabel="reflectance")
+    ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=100)
+  plt.close(fig)
+
+
+def abundance_maps(plot, class_names, out_path):
+  """First tile: true abundance per material above the matched prediction."""
+  true_a, pred_a = plot["true_abundances"][0], plot["abundances"][0]
+  rows_idx, cols_idx = plot["matching"]
+  k = len(cols_idx)
+  fig, axes = plt.subplots(2, k, figsize=(2.2 * k, 4.6), squeeze=False)
+  for j, (r, c) in enumerate(zip(rows_idx, cols_idx)):
+    name = class_names[c] if c < len(class_names) else str(c)
+    axes[0, j].imshow(true_a[..., c], vmin=0, vmax=1, cmap="viridis")
+    axes[0, j].set_title(f"true {name}", fontsize=8)
+    axes[1, j].imshow(pred_a[..., r], vmin=0, vmax=1, cmap="viridis")
+    axes[1, j].set_title(f"pred. endmember {r}", fontsize=8)
+    for ax in axes[:, j]:
+      ax.set_axis_off()
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=100)
+  plt.close(fig)
+
+
+def write_all(workdir, summary, wavelengths, class_names):
+  """Writes every figure the run can make into `workdir`; returns paths."""
+  workdir = epath.Path(workdir)
+  plot, results = summary["plot"], summary["metrics"]
+  paths = [workdir / "loss_curves.png", workdir / "reconstructions.png"]
+  loss_curves(workdir / "metrics.jsonl", paths[0])
+  reconstructions(plot, wavelengths, paths[1])
+  if "endmembers" in plot:
+    paths.append(workdir / "endmembers.png")
+    sad = results.get("unmixing", {}).get("sad_deg", {})
+    endmembers(plot, wavelengths, class_names, sad, paths[-1])
+  if "matching" in plot and "true_abundances" in plot:
+    paths.append(workdir / "abundances.png")
+    abundance_maps(plot, class_names, paths[-1])
+  return paths

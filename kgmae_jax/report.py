@@ -1,0 +1,68 @@
+"""Run records: metrics.jsonl + TensorBoard scalars, config.json, summary.json.
+
+`metrics.jsonl` has one JSON object per logged step with at least `step` and
+`loss`; on resume, lines past the restored step are dropped so a resumed run's
+log reads as one uninterrupted run.
+"""
+
+import json
+import math
+
+import numpy as np
+from etils import epath
+
+
+def _plain(x):
+  """JSON-safe Python scalars/lists from numpy/jax values."""
+  if isinstance(x, dict):
+    return {k: _plain(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_plain(v) for v in x]
+  if hasattr(x, "tolist"):
+    return _plain(np.asarray(x).tolist())
+  if isinstance(x, float) and not math.isfinite(x):
+    return str(x)  # 'nan' / 'inf' stay visible without breaking JSON.
+  return x
+
+
+def write_json(path, obj):
+  """Writes `obj` as indented JSON, atomically (temp file + rename)."""
+  path = epath.Path(path)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(_plain(obj), indent=2, sort_keys=True) + "\n")
+  tmp.rename(path)
+
+
+def read_jsonl(path):
+  path = epath.Path(path)
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+class MetricWriter:
+  """Appends scalars to workdir/metrics.jsonl and TensorBoard event files."""
+
+  def __init__(self, workdir, resume_step=0, enabled=True):
+    self.enabled = enabled
+    self.path = epath.Path(workdir) / "metrics.jsonl"
+    self._tb = None
+    if not enabled:
+      return
+    kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
+    self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+
+  def write(self, step, scalars):
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    with self.path.open("a") as f:
+      f.write(json.dumps(_plain(record)) + "\n")
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, float(v), int(step))
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()

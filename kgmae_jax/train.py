@@ -1,0 +1,290 @@
+"""Pretraining: TrainState, the pure train step, and the loop.
+
+Reads top to bottom: optimiser -> state and step -> `train_and_evaluate`
+(workdir and logging -> mesh -> data -> model -> eval_shape, shardings, jit
+init -> resume -> loop -> final checkpoint -> evaluation, figures, summary).
+
+The model sees standardised cubes, (x - mean) / std per band with the training
+split's statistics; invalid (nodata/NaN) pixels are set to 0 there and carried
+as a validity mask into every loss and metric.
+"""
+
+import functools
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+
+from kgmae_jax import checkpoint as ckpt_lib
+from kgmae_jax import config_lib
+from kgmae_jax import data
+from kgmae_jax import evaluate
+from kgmae_jax import losses
+from kgmae_jax import model as model_lib
+from kgmae_jax import patching
+from kgmae_jax import plots
+from kgmae_jax import report
+from kgmae_jax import sharding
+from kgmae_jax import unmixing
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+# ----------------------------------------------------------------- optimiser
+def _decays(path, leaf):
+  """AdamW decays weight matrices only: not biases, norms, tokens, spectra."""
+  name = "/".join(str(getattr(k, "key", k)) for k in path)
+  return leaf.ndim >= 2 and "endmembers" not in name
+
+
+def make_optimizer(optim_cfg, lsmm_cfg, total_steps):
+  """AdamW with linear warm-up + cosine decay and global-norm clipping.
+
+  Returns (tx, schedule). With `lsmm_cfg.learn = False` the endmembers get no
+  update at all (not even weight decay).
+  """
+  warmup = min(optim_cfg.warmup_steps, total_steps - 1)
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=optim_cfg.lr, warmup_steps=warmup,
+      decay_steps=total_steps, end_value=optim_cfg.lr * optim_cfg.final_lr_frac)
+  tx = optax.adamw(
+      schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
+      weight_decay=optim_cfg.weight_decay,
+      mask=lambda p: jax.tree_util.tree_map_with_path(_decays, p))
+  if optim_cfg.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), tx)
+  if not lsmm_cfg.learn:
+    label = lambda p: jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if "endmembers" in jax.tree_util.keystr(path)
+        else "train", p)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               label)
+  return tx, schedule
+
+
+# ------------------------------------------------------------ state and step
+def init_state(rng, *, model, tx, tile_size, endmembers=None):
+  """Fresh TrainState; `endmembers` (B, M) replaces the random init if given."""
+  n_tok = (tile_size // model.patch_size) ** 2
+  ids, _, _ = patching.no_masking(1, n_tok)
+  cube = jnp.zeros((1, tile_size, tile_size, model.num_bands), jnp.float32)
+  params = model.init(rng, cube, ids, ids)["params"]
+  if endmembers is not None:
+    params = dict(params)
+    params["endmembers_raw"] = model_lib.softplus_inverse(endmembers)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params))
+
+
+def loss_terms(res, token_mask, *, lsmm, loss_cfg, lsmm_cfg, mean, std):
+  """(total, aux) for one batch of `forward` results; token_mask (N, L)."""
+  pixel_valid = res["pixel_valid"]
+  pixel_mask = token_mask[..., None] * pixel_valid  # Masked, valid pixels.
+  kwargs = {}
+  if lsmm:
+    lsmm_tokens = jnp.ones_like(token_mask) if lsmm_cfg.on_visible else token_mask
+    if lsmm_cfg.per_pixel:
+      kwargs = dict(lsmm_target=res["refl"],
+                    lsmm_mask=lsmm_tokens[..., None] * pixel_valid)
+    else:  # Per token: A.a explains the patch's mean valid spectrum.
+      count = pixel_valid.sum(-1)
+      patch_mean = (res["refl"] * pixel_valid[..., None]).sum(-2) / jnp.maximum(
+          count, 1.0)[..., None]
+      kwargs = dict(lsmm_target=patch_mean,
+                    lsmm_mask=lsmm_tokens * (count > 0))
+    kwargs["mixed"] = res["mixed"]
+  return losses.karma_loss(
+      res["pred"], res["target"], pixel_mask, mean=mean, std=std,
+      weights=(loss_cfg.huber, loss_cfg.sam, loss_cfg.lsmm),
+      huber_delta=loss_cfg.huber_delta,
+      lsmm_sam_weight=loss_cfg.lsmm_sam_weight, **kwargs)
+
+
+def make_train_step(model, tx, schedule, config, mean, std):
+  """The pure step `(state, batch, rng) -> (state, metrics)`.
+
+  batch: {'cube': (N, H, W, B) reflectance, 'valid': (N, H, W) bool}.
+  rng is the run's base key; the step folds in `state.step`, so masking is a
+  function of (seed, step) alone and a resumed run repeats it exactly.
+  """
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  mask_ratio = config.model.mask_ratio
+
+  def train_step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    cube, valid = batch["cube"], batch["valid"]
+    n, h, w, _ = cube.shape
+    num_tokens = (h // model.patch_size) * (w // model.patch_size)
+    ids_keep, ids_restore, token_mask = patching.random_masking(
+        rng, n, num_tokens, mask_ratio)
+
+    def loss_fn(params):
+      res = model_lib.forward(model, params, cube, valid, ids_keep, ids_restore, mean, std)
+      return loss_terms(res, token_mask, lsmm=model.lsmm, loss_cfg=config.loss,
+                        lsmm_cfg=config.lsmm, mean=mean, std=std)
+
+    (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(aux)
+    metrics["loss"] = total
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["param_norm"] = optax.global_norm(params)
+    metrics["lr"] = schedule(state.step)
+    metrics["valid_frac"] = valid.mean()
+    return TrainState(step=state.step + 1, params=params,
+                      opt_state=opt_state), metrics
+
+  return train_step
+
+
+# -------------------------------------------------------------------- loop
+def _initial_endmembers(config, wavelengths, stats):
+  """(B, M) endmember init for lsmm.init = library | data; None for random."""
+  if not config.lsmm.enabled or config.lsmm.init == "random":
+    return None
+  m = config.lsmm.num_endmembers
+  if config.lsmm.init == "library":
+    return unmixing.library_endmembers(wavelengths, m, seed=config.seed)
+  pixels = next(data.eval_batches(config.data, "train", batch_size=64))
+  cube = pixels["cube"][pixels["valid"]]
+  return unmixing.farthest_angle_pixels(cube, m).T
+
+
+def _log_line(step, total, scalars, rate):
+  terms = " ".join(f"{k} {scalars[k]:.4f}" for k in ("huber", "sam", "lsmm")
+                   if k in scalars)
+  eta = (total - step) / max(rate, 1e-9)
+  return (f"step {step}/{total} | loss {scalars['loss']:.4f} ({terms}) | "
+          f"{rate:.2f} steps/s | eta {int(eta) // 60}m{int(eta) % 60:02d}s")
+
+
+def check_finite(step_range, scalars):
+  """Raises FloatingPointError naming the steps and non-finite loss terms."""
+  bad = [k for k in ("huber", "sam", "lsmm", "loss")
+         if k in scalars and not np.isfinite(scalars[k])]
+  if bad:
+    raise FloatingPointError(
+        f"Non-finite loss between steps {step_range[0]} and {step_range[1]}: "
+        f"{', '.join(bad)} = {[scalars[k] for k in bad]}. The last checkpoint "
+        "before these steps is untouched; lower optim.lr or check the data.")
+
+
+def train_and_evaluate(config, workdir):
+  """Pretrains (resuming from `workdir` if it holds checkpoints), then
+  evaluates and writes summary.json and figures. Returns the summary dict."""
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if is_main:
+    report.write_json(workdir / "config.json", config.to_dict())
+  logging.info("Process %d/%d, %d local / %d global devices (%s).",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+
+  # Mesh.
+  config_lib.validate(config, num_devices=jax.device_count())
+  mesh = sharding.make_mesh(config.mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
+  logging.info("Mesh: %s", dict(mesh.shape))
+
+  # Data.
+  data.benchmark_builder(config.data)
+  stats = data.band_stats(config.data)
+  wavelengths = np.asarray(data.wavelengths(config.data), np.float32)
+  num_bands = len(wavelengths)
+  config_lib.validate(config, num_bands=num_bands)
+  meta = {
+      "config": config.to_dict(), "wavelengths_nm": wavelengths,
+      "band_mean": stats["mean"], "band_std": stats["std"],
+      "class_names": list(data.class_names(config.data)),
+      "num_bands": num_bands,
+  }
+
+  # Model, optimiser, state shardings, init.
+  total = config.train.steps
+  model = model_lib.build(config.model, config.lsmm, num_bands)
+  tx, schedule = make_optimizer(config.optim, config.lsmm, total)
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng, eval_rng = jax.random.split(rng, 3)
+  endmembers0 = _initial_endmembers(config, wavelengths, stats)
+  init = functools.partial(init_state, model=model, tx=tx,
+                           tile_size=config.data.tile_size,
+                           endmembers=endmembers0)
+  abstract = jax.eval_shape(init, init_rng)
+  state_shardings = sharding.state_sharding(mesh, abstract)
+  num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+  logging.info("Model: %.2fM parameters, %d bands, LSMM %s.", num_params / 1e6,
+               num_bands, "on" if model.lsmm else "off")
+
+  # Resume from this workdir, else start from scratch.
+  ckpt = ckpt_lib.Checkpointer(workdir, config.ckpt.every_steps, config.ckpt.keep)
+  start = ckpt.latest_step()
+  if start is not None:
+    saved_bands = ckpt.restore_meta(start)["num_bands"]
+    if saved_bands != num_bands:
+      raise ValueError(f"Checkpoint in {ckpt.directory} has {saved_bands} "
+                       f"bands but the data has {num_bands}; use another "
+                       "--workdir or the matching data config.")
+    state, _ = ckpt.restore(
+        start, ckpt_lib.abstract_with_shardings(abstract, state_shardings))
+    logging.info("Resumed from step %d in %s.", start, ckpt.directory)
+  else:
+    start = 0
+    state = jax.jit(init, out_shardings=state_shardings)(init_rng)
+
+  train_step = jax.jit(
+      make_train_step(model, tx, schedule, config, stats["mean"], stats["std"]),
+      in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+
+  # Loop.
+  per_process = config.train.batch_size // jax.process_count()
+  batches = data.train_iterator(
+      config.data, per_process, seed=config.seed, start_step=start,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  writer = report.MetricWriter(workdir, resume_step=start, enabled=is_main)
+  pending, last_log, t0 = [], start, time.perf_counter()
+  for step in range(start + 1, total + 1):
+    batch = sharding.put_batch(next(batches), batch_sharding)
+    state, metrics = train_step(state, batch, step_rng)
+    pending.append(metrics)
+    if step % config.train.log_every == 0 or step == total:
+      scalars = {k: float(np.mean([jax.device_get(m[k]) for m in pending]))
+                 for k in pending[0]}
+      check_finite((last_log + 1, step), scalars)
+      rate = (step - last_log) / (time.perf_counter() - t0)
+      scalars["steps_per_sec"] = rate
+      writer.write(step, scalars)
+      logging.info(_log_line(step, total, scalars, rate))
+      pending, last_log, t0 = [], step, time.perf_counter()
+    ckpt.save(step, state, meta, force=(step == total))
+  if ckpt.latest_step() != total:
+    ckpt.save(total, state, meta, force=True)
+  ckpt.close()
+  writer.close()
+
+  # Evaluation, figures, summary.
+  summary = evaluate.evaluate(
+      model, state.params, config, stats, wavelengths, eval_rng,
+      class_names=meta["class_names"])
+  summary["train"] = {"steps": total, "num_params": int(num_params)}
+  if is_main:
+    report.write_json(workdir / "summary.json", summary["metrics"] | {
+        "train": summary["train"]})
+    plots.write_all(workdir, summary, wavelengths, meta["class_names"])
+  return summary
