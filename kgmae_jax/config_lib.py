@@ -24,7 +24,7 @@ def base_config():
   c.data.snr_vnir = 150.0  # Signal-to-noise ratio below 1000 nm.
   c.data.snr_swir = 80.0  # Signal-to-noise ratio above 1000 nm.
   c.data.seed = 0  # Generator seed: a new seed is a new data set.
-  c.data.num_workers = 0  # grain worker processes; 0 reads in-process.
+  c.data.num_workers = 0  # grain reader threads; 0 reads in the main thread.
   c.data.prefetch = 2  # Batches read ahead.
 
   c.model = ml_collections.ConfigDict()

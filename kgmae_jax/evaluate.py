@@ -119,11 +119,13 @@ def evaluate(model, params, config, stats, wavelengths, rng, class_names=()):
     weight = float(out["masked"].sum())
     for name, key in (("model", "recon"), ("train_mean", "train_mean"),
                       ("visible_mean", "visible_mean")):
-      m = jax.device_get(scorer(out[key], cube, mask=out["masked"]))
-      recon[name].add(dict(m, _mse=m["rmse"] ** 2), weight)
+      if weight:  # A batch without valid masked pixels has nothing to score.
+        m = jax.device_get(scorer(out[key], cube, mask=out["masked"]))
+        recon[name].add(dict(m, _mse=m["rmse"] ** 2), weight)
     if model.lsmm:
-      m = jax.device_get(scorer(out["mixed"], cube, mask=valid))
-      lsmm_mean.add(dict(m, _mse=m["rmse"] ** 2), float(valid.sum()))
+      if valid.any():
+        m = jax.device_get(scorer(out["mixed"], cube, mask=valid))
+        lsmm_mean.add(dict(m, _mse=m["rmse"] ** 2), float(valid.sum()))
       if "abundances" in batch:  # Squared-error sums for every pairing.
         true_em.append(batch["endmembers"])
         v = np.asarray(valid)

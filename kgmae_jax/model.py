@@ -250,7 +250,7 @@ def build(model_cfg, lsmm_cfg, num_bands):
       num_endmembers=lsmm_cfg.num_endmembers,
       per_pixel_abundances=lsmm_cfg.per_pixel,
       dtype=jnp.dtype(model_cfg.dtype),
-      attention=model_cfg.attention,
+      attention=None if model_cfg.attention == "auto" else model_cfg.attention,
       remat=model_cfg.remat,
   )
 

@@ -12,14 +12,14 @@ import numpy as np
 from etils import epath
 
 
-def _plain(x):
+def jsonable(x):
   """JSON-safe Python scalars/lists from numpy/jax values."""
   if isinstance(x, dict):
-    return {k: _plain(v) for k, v in x.items()}
+    return {k: jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_plain(v) for v in x]
+    return [jsonable(v) for v in x]
   if hasattr(x, "tolist"):
-    return _plain(np.asarray(x).tolist())
+    return jsonable(np.asarray(x).tolist())
   if isinstance(x, float) and not math.isfinite(x):
     return str(x)  # 'nan' / 'inf' stay visible without breaking JSON.
   return x
@@ -29,7 +29,7 @@ def write_json(path, obj):
   """Writes `obj` as indented JSON, atomically (temp file + rename)."""
   path = epath.Path(path)
   tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(_plain(obj), indent=2, sort_keys=True) + "\n")
+  tmp.write_text(json.dumps(jsonable(obj), indent=2, sort_keys=True) + "\n")
   tmp.rename(path)
 
 
@@ -59,7 +59,7 @@ class MetricWriter:
       return
     record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
     with self.path.open("a") as f:
-      f.write(json.dumps(_plain(record)) + "\n")
+      f.write(json.dumps(jsonable(record)) + "\n")
     for k, v in scalars.items():
       self._tb.add_scalar(k, float(v), int(step))
 

@@ -9,6 +9,7 @@ split's statistics; invalid (nodata/NaN) pixels are set to 0 there and carried
 as a validity mask into every loss and metric.
 """
 
+import dataclasses
 import functools
 import time
 from typing import Any
@@ -151,7 +152,38 @@ def make_train_step(model, tx, schedule, config, mean, std):
 
 
 # -------------------------------------------------------------------- loop
-def _initial_endmembers(config, wavelengths, stats):
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """What the loop needs for one mesh: model, jitted init and step."""
+  model: model_lib.KarmaMAE
+  init: Any  # jitted rng -> TrainState, placed with `state_shardings`.
+  abstract_state: Any  # TrainState of ShapeDtypeStructs.
+  state_shardings: Any
+  batch_sharding: Any
+  step: Any  # jitted (state, batch, rng) -> (state, metrics); donates state.
+
+
+def build_trainer(config, mesh, num_bands, mean, std, endmembers=None):
+  """Builds the model, optimiser, shardings and the compiled functions."""
+  model = model_lib.build(config.model, config.lsmm, num_bands)
+  tx, schedule = make_optimizer(config.optim, config.lsmm, config.train.steps)
+  init = functools.partial(init_state, model=model, tx=tx,
+                           tile_size=config.data.tile_size,
+                           endmembers=endmembers)
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  state_shardings = sharding.state_sharding(mesh, abstract)
+  batch_sharding = sharding.batch_sharding(mesh)
+  step = jax.jit(
+      make_train_step(model, tx, schedule, config, mean, std),
+      in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+  return Trainer(model=model, init=jax.jit(init, out_shardings=state_shardings),
+                 abstract_state=abstract, state_shardings=state_shardings,
+                 batch_sharding=batch_sharding, step=step)
+
+
+def _initial_endmembers(config, wavelengths):
   """(B, M) endmember init for lsmm.init = library | data; None for random."""
   if not config.lsmm.enabled or config.lsmm.init == "random":
     return None
@@ -198,7 +230,6 @@ def train_and_evaluate(config, workdir):
   # Mesh.
   config_lib.validate(config, num_devices=jax.device_count())
   mesh = sharding.make_mesh(config.mesh)
-  batch_sharding = sharding.batch_sharding(mesh)
   logging.info("Mesh: %s", dict(mesh.shape))
 
   # Data.
@@ -207,26 +238,21 @@ def train_and_evaluate(config, workdir):
   wavelengths = np.asarray(data.wavelengths(config.data), np.float32)
   num_bands = len(wavelengths)
   config_lib.validate(config, num_bands=num_bands)
-  meta = {
+  meta = report.jsonable({
       "config": config.to_dict(), "wavelengths_nm": wavelengths,
       "band_mean": stats["mean"], "band_std": stats["std"],
       "class_names": list(data.class_names(config.data)),
       "num_bands": num_bands,
-  }
+  })
 
-  # Model, optimiser, state shardings, init.
-  total = config.train.steps
-  model = model_lib.build(config.model, config.lsmm, num_bands)
-  tx, schedule = make_optimizer(config.optim, config.lsmm, total)
+  # Model, optimiser, state shardings, compiled init and step.
   rng = jax.random.key(config.seed)
   init_rng, step_rng, eval_rng = jax.random.split(rng, 3)
-  endmembers0 = _initial_endmembers(config, wavelengths, stats)
-  init = functools.partial(init_state, model=model, tx=tx,
-                           tile_size=config.data.tile_size,
-                           endmembers=endmembers0)
-  abstract = jax.eval_shape(init, init_rng)
-  state_shardings = sharding.state_sharding(mesh, abstract)
-  num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+  trainer = build_trainer(
+      config, mesh, num_bands, stats["mean"], stats["std"],
+      endmembers=_initial_endmembers(config, wavelengths))
+  model, total = trainer.model, config.train.steps
+  num_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
   logging.info("Model: %.2fM parameters, %d bands, LSMM %s.", num_params / 1e6,
                num_bands, "on" if model.lsmm else "off")
 
@@ -239,18 +265,12 @@ def train_and_evaluate(config, workdir):
       raise ValueError(f"Checkpoint in {ckpt.directory} has {saved_bands} "
                        f"bands but the data has {num_bands}; use another "
                        "--workdir or the matching data config.")
-    state, _ = ckpt.restore(
-        start, ckpt_lib.abstract_with_shardings(abstract, state_shardings))
+    state, _ = ckpt.restore(start, ckpt_lib.abstract_with_shardings(
+        trainer.abstract_state, trainer.state_shardings))
     logging.info("Resumed from step %d in %s.", start, ckpt.directory)
   else:
     start = 0
-    state = jax.jit(init, out_shardings=state_shardings)(init_rng)
-
-  train_step = jax.jit(
-      make_train_step(model, tx, schedule, config, stats["mean"], stats["std"]),
-      in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=(0,))
+    state = trainer.init(init_rng)
 
   # Loop.
   per_process = config.train.batch_size // jax.process_count()
@@ -260,8 +280,8 @@ def train_and_evaluate(config, workdir):
   writer = report.MetricWriter(workdir, resume_step=start, enabled=is_main)
   pending, last_log, t0 = [], start, time.perf_counter()
   for step in range(start + 1, total + 1):
-    batch = sharding.put_batch(next(batches), batch_sharding)
-    state, metrics = train_step(state, batch, step_rng)
+    batch = sharding.put_batch(next(batches), trainer.batch_sharding)
+    state, metrics = trainer.step(state, batch, step_rng)
     pending.append(metrics)
     if step % config.train.log_every == 0 or step == total:
       scalars = {k: float(np.mean([jax.device_get(m[k]) for m in pending]))

@@ -8,6 +8,7 @@ angle distance after Hungarian matching). Spectra are rows: (n, B).
 import numpy as np
 from scipy import optimize
 
+from kgmae_jax import enmap
 from kgmae_jax import spectra
 
 
@@ -49,6 +50,19 @@ def farthest_angle_pixels(pixels, m):
   return x[chosen].astype(np.float32)
 
 
+def nominal_fwhm(wavelengths_nm):
+  """Band widths (B,) for a band grid: EnMAP's when it is the EnMAP grid, else
+  the spacing to the nearest neighbouring band (a Nyquist-sampled sensor)."""
+  w = np.asarray(wavelengths_nm, np.float64)
+  if w.shape == enmap.WAVELENGTHS_NM.shape and np.allclose(w, enmap.WAVELENGTHS_NM):
+    return enmap.FWHM_NM.copy()
+  if len(w) == 1:
+    return np.full(1, 10.0)
+  d = np.abs(w[:, None] - w[None, :])
+  np.fill_diagonal(d, np.inf)
+  return np.maximum(d.min(axis=1), 1.0)
+
+
 def library_endmembers(wavelengths_nm, m, seed=0):
   """(B, m) endmembers from the spectral libraries, on the given band grid.
 
@@ -56,11 +70,11 @@ def library_endmembers(wavelengths_nm, m, seed=0):
   (`spectra.CLASS_NAMES`, both regions pooled); further columns are single
   library spectra drawn at random (seeded) from the classes in turn.
   """
-  pools = spectra.class_pools(wavelengths_nm)
+  pools = spectra.material_pools(wavelengths_nm, nominal_fwhm(wavelengths_nm))
   names = list(spectra.CLASS_NAMES)
-  cols = [pools[name].mean(axis=0) for name in names[:m]]
+  cols = [pools[name].spectra.mean(axis=0) for name in names[:m]]
   rng = np.random.default_rng(seed)
   for j in range(m - len(cols)):
-    pool = pools[names[j % len(names)]]
+    pool = pools[names[j % len(names)]].spectra
     cols.append(pool[rng.integers(len(pool))])
   return np.stack(cols, axis=1).astype(np.float32)

@@ -1,0 +1,234 @@
+r"""The embedded benchmark: semi-synthetic EnMAP tiles with known unmixing.
+
+The spectra are real (earthlib and USGS splib07 library spectra resampled to
+the 218 kept EnMAP bands, see ``spectra.py``); the spatial arrangement, mixing
+and noise are synthetic. No scene here was ever imaged by EnMAP.
+
+Each tile of T x T pixels is generated with numpy from
+``np.random.default_rng([seed, split_id, index])``:
+  * Layout: a Voronoi partition into parcels ("fields"), drawn 4x finer than
+    the pixel grid. A tile holds a town with probability 0.4: parcels seeded
+    inside it are mostly impervious. Up to two straight roads (impervious,
+    0.3-1.5 px wide) cross the tile. Parcel classes elsewhere are mostly soil,
+    vegetation and npv; water and mineral are rarer.
+  * Abundances ``a`` (T, T, M): a parcel is pure (35 %) or its dominant class
+    plus 3-30 % of one or two others (Dirichlet). Averaging the fine grid over
+    each pixel gives area fractions, so parcel edges and roads are mixed
+    pixels. Each pixel is then jittered as ``a <- Gamma(50 a)``, renormalised,
+    which leaves pure pixels pure.
+  * Spectra: class k draws ``endmembers[k]`` and ``variants[k]`` (M, B) from
+    its region's pool; ``variability`` t (T, T, M) in [0, 0.5] is a bilinear
+    upsampling of a coarse uniform grid, one smooth field per class.
+  * Model (float64, from the stored float32 arrays)::
+
+        clean[x] = sum_k a_k[x] ((1 - t_k[x]) endmembers[k]
+                                 + t_k[x] variants[k])
+        cube[x] = clean[x] + noise_std * eps[x],  eps ~ N(0, 1) per band
+        noise_std[b] = mean(clean) / snr[b]
+        snr[b] = (snr_vnir if lambda_b < 1000 nm else snr_swir)
+                 * prod_{c in 1400, 1900 nm} (1 - 0.5 g((lambda_b - c) / 50 nm))
+
+    with g(z) = exp(-z^2 / 2) and mean(clean) over all pixels and bands of the
+    tile; the product lowers the SNR next to the water-vapour absorptions.
+    Nothing is clipped: reflectance can go slightly negative through noise.
+
+Splits: ``train`` and ``test`` (held out) draw from region A's pools, ``test_b``
+from region B's. Written as array_record and read back without TensorFlow.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from kgmae_jax import enmap
+from kgmae_jax import spectra
+
+M_TRUE = len(spectra.CLASS_NAMES)
+SPLITS = {'train': (0, 'A'), 'test': (1, 'A'), 'test_b': (2, 'B')}  # id, region
+_SUPERSAMPLE = 4
+_PARCEL_AREA = 150.0  # Mean parcel area in pixels.
+# Class frequencies (CLASS_NAMES order) of parcels in fields and in towns.
+_FIELD_FREQ = np.array([0.30, 0.32, 0.22, 0.04, 0.06, 0.06])
+_TOWN_FREQ = np.array([0.10, 0.15, 0.05, 0.70, 0.0, 0.0])
+_IMPERVIOUS = spectra.CLASS_NAMES.index('impervious')
+_WATER_VAPOUR_NM = (1400.0, 1900.0)
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class BenchmarkConfig(tfds.core.BuilderConfig):
+  """Generator parameters; ``name`` is derived from them so builds never mix."""
+  name: str = dataclasses.field(default='', init=False)
+  tile_size: int = 64
+  num_train: int = 1024  # Tiles, region A.
+  num_test: int = 64  # Held-out tiles, region A.
+  num_test_b: int = 64  # Tiles, region B.
+  snr_vnir: float = 150.0  # Below 1000 nm.
+  snr_swir: float = 80.0  # From 1000 nm.
+  seed: int = 0
+
+  def __post_init__(self):
+    self.name = (f't{self.tile_size}_n{self.num_train}_m{self.num_test}'
+                 f'_b{self.num_test_b}_v{self.snr_vnir:g}_w{self.snr_swir:g}'
+                 f'_s{self.seed}')
+    self.description = f'Embedded EnMAP benchmark, {self.name}.'
+
+
+def make_config(**params) -> BenchmarkConfig:
+  """The config for these parameters (the registered instance if it exists)."""
+  config = BenchmarkConfig(**params)
+  return BenchmarkBuilder.builder_configs.get(config.name, config)
+
+
+def band_snr(wavelengths_nm, snr_vnir: float, snr_swir: float) -> np.ndarray:
+  """(B,) signal-to-noise ratio per band, as in the module docstring."""
+  w = np.asarray(wavelengths_nm, dtype=np.float64)
+  snr = np.where(w < 1000.0, snr_vnir, snr_swir).astype(np.float64)
+  for centre in _WATER_VAPOUR_NM:
+    snr *= 1.0 - 0.5 * np.exp(-0.5 * ((w - centre) / 50.0)**2)
+  return snr
+
+
+def clean_cube(abundances, endmembers, variants, variability) -> np.ndarray:
+  """(T, T, B) float64 noise-free cube of stored arrays (module docstring)."""
+  a = np.asarray(abundances, np.float64)
+  t = np.asarray(variability, np.float64)
+  return (np.einsum('hwk,kb->hwb', a * (1.0 - t), np.asarray(endmembers, float))
+          + np.einsum('hwk,kb->hwb', a * t, np.asarray(variants, float)))
+
+
+def _layout(rng, size: int) -> np.ndarray:
+  """(T, T, M) area fractions of parcels and roads, before jitter."""
+  fine = size * _SUPERSAMPLE
+  c = (np.arange(fine) + 0.5) / _SUPERSAMPLE  # Fine-cell centres in pixels.
+  yy, xx = np.meshgrid(c, c, indexing='ij')
+  num = max(2, rng.poisson(size * size / _PARCEL_AREA))
+  seeds = rng.uniform(0, size, (num, 2))
+  town = rng.uniform(0, size, 2) if rng.random() < 0.4 else None
+  radius = rng.uniform(0.15, 0.35) * size
+  in_town = (np.zeros(num, bool) if town is None else
+             np.hypot(*(seeds - town).T) < radius)
+  parcels = np.zeros((num, M_TRUE))
+  for p in range(num):
+    dominant = rng.choice(M_TRUE, p=_TOWN_FREQ if in_town[p] else _FIELD_FREQ)
+    parcels[p, dominant] = 1.0
+    if rng.random() >= 0.35:  # Not pure: admixture of one or two others.
+      others = rng.choice(np.delete(np.arange(M_TRUE), dominant),
+                          rng.integers(1, 3), replace=False)
+      share = rng.uniform(0.03, 0.3)
+      parcels[p, dominant] -= share
+      parcels[p, others] += share * rng.dirichlet(np.ones(len(others)))
+  dist = ((yy[..., None] - seeds[:, 0])**2 + (xx[..., None] - seeds[:, 1])**2)
+  fine_a = parcels[np.argmin(dist, axis=-1)]  # (fine, fine, M)
+  for _ in range(rng.integers(0, 3)):
+    point, angle = rng.uniform(0, size, 2), rng.uniform(0, np.pi)
+    off = (yy - point[0]) * np.cos(angle) - (xx - point[1]) * np.sin(angle)
+    road = np.abs(off) < rng.uniform(0.3, 1.5) / 2
+    fine_a[road] = np.eye(M_TRUE)[_IMPERVIOUS]
+  return fine_a.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE,
+                        M_TRUE).mean(axis=(1, 3))
+
+
+def _smooth_field(rng, size: int, num: int, high: float) -> np.ndarray:
+  """(T, T, num) smooth fields in [0, high]: bilinear upsampled coarse grids."""
+  coarse = max(2, size // 8) + 1
+  x = np.linspace(0, coarse - 1, size)
+  up = np.stack([np.interp(x, np.arange(coarse), e) for e in np.eye(coarse)],
+                axis=1)  # (T, coarse) interpolation matrix.
+  grid = rng.uniform(0, high, (num, coarse, coarse))
+  return np.einsum('ia,kab,jb->ijk', up, grid, up)
+
+
+def generate_tile(rng, pools: dict[str, np.ndarray], size: int,
+                  snr: np.ndarray) -> dict[str, np.ndarray]:
+  """One tile's arrays (all features but ``region`` and ``tile_id``).
+
+  Args:
+    rng: numpy Generator.
+    pools: {class: (n_k, B) spectra} in ``spectra.CLASS_NAMES`` order.
+    size: tile size T.
+    snr: (B,) per-band signal-to-noise ratio.
+
+  Returns:
+    Dict of float32 ``cube`` (T, T, B), ``abundances`` (T, T, M),
+    ``endmembers`` and ``variants`` (M, B), ``variability`` (T, T, M),
+    ``noise_std`` (B,), and int32 ``labels`` (T, T).
+  """
+  a = _layout(rng, size)
+  a = rng.gamma(50.0 * a)  # Shape 0 gives 0: pure pixels stay pure.
+  a = (a / a.sum(-1, keepdims=True)).astype(np.float32)
+  picks = [rng.choice(len(p), 2, replace=len(p) < 2) for p in pools.values()]
+  endmembers = np.stack([p[i[0]] for p, i in zip(pools.values(), picks)])
+  variants = np.stack([p[i[1]] for p, i in zip(pools.values(), picks)])
+  out = {
+      'abundances': a,
+      'endmembers': endmembers.astype(np.float32),
+      'variants': variants.astype(np.float32),
+      'variability': _smooth_field(rng, size, M_TRUE, 0.5).astype(np.float32),
+  }
+  clean = clean_cube(out['abundances'], out['endmembers'], out['variants'],
+                     out['variability'])
+  noise_std = clean.mean() / snr
+  noise = rng.standard_normal(clean.shape, dtype=np.float32)
+  out['cube'] = (clean + noise_std * noise).astype(np.float32)
+  out['noise_std'] = noise_std.astype(np.float32)
+  out['labels'] = np.argmax(a, axis=-1).astype(np.int32)
+  return out
+
+
+class BenchmarkBuilder(tfds.core.GeneratorBasedBuilder):
+  """TFDS builder of the embedded benchmark (see the module docstring)."""
+
+  name = 'kgmae_benchmark'
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIGS = [
+      BenchmarkConfig(),
+      BenchmarkConfig(tile_size=32, num_train=256, num_test=32, num_test_b=32),
+  ]
+  WAVELENGTHS_NM = enmap.WAVELENGTHS_NM
+  FWHM_NM = enmap.FWHM_NM
+  CLASS_NAMES = spectra.CLASS_NAMES
+  # TFDS 4.9.10 finds code_path via importlib_resources, a dependency it only
+  # declares for Python < 3.9 (tensorflow/datasets#11212). It serves to look up
+  # download checksums, and this builder downloads nothing.
+  code_path = None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    t, b, m = self.builder_config.tile_size, enmap.NUM_BANDS, M_TRUE
+    raw = tfds.features.Encoding.BYTES
+
+    def tensor(shape, dtype=np.float32):
+      return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=raw)
+
+    return self.dataset_info_from_configs(
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            'cube': tensor((t, t, b)),
+            'abundances': tensor((t, t, m)),
+            'endmembers': tensor((m, b)),
+            'variants': tensor((m, b)),
+            'variability': tensor((t, t, m)),
+            'noise_std': tensor((b,)),
+            'labels': tensor((t, t), np.int32),
+            'region': tfds.features.Scalar(dtype=np.int32),
+            'tile_id': tfds.features.Scalar(dtype=np.int64),
+        }),
+        disable_shuffling=True,  # Tiles stay in tile_id order.
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    c = self.builder_config
+    counts = {'train': c.num_train, 'test': c.num_test, 'test_b': c.num_test_b}
+    return {s: self._generate_examples(s, n) for s, n in counts.items() if n}
+
+  def _generate_examples(self, split: str, num_tiles: int):
+    c = self.builder_config
+    split_id, region = SPLITS[split]
+    pools = spectra.region_pools(self.WAVELENGTHS_NM, self.FWHM_NM, region)
+    snr = band_snr(self.WAVELENGTHS_NM, c.snr_vnir, c.snr_swir)
+    for i in range(num_tiles):
+      rng = np.random.default_rng([c.seed, split_id, i])
+      tile = generate_tile(rng, pools, c.tile_size, snr)
+      yield i, dict(tile, region=np.int32(region == 'B'), tile_id=np.int64(i))

@@ -1,0 +1,217 @@
+"""Data sets for the trainer: TFDS array_record builds read by grain pipelines.
+
+``config.data`` (an ``ml_collections.ConfigDict``) names the data set and its
+generator parameters:
+  name: 'kgmae_benchmark' (the embedded benchmark, ``benchmark.py``).
+  data_dir: where builds live; None or '' -> $KGMAE_DATA_DIR, else
+    ~/tensorflow_datasets.
+  tile_size, num_train, num_test, num_test_b, snr_vnir, snr_swir, seed: the
+    benchmark's ``BenchmarkConfig``; each setting is its own build.
+  num_workers: grain reader threads (0 = read in the calling thread).
+  prefetch: batches read ahead by those threads.
+
+Batches are dicts of numpy arrays; ``cube`` has NaNs replaced by 0 and comes
+with ``valid`` (N, T, T), True where every band is finite. Nothing here imports
+TensorFlow.
+"""
+
+import functools
+import json
+import os
+import pathlib
+import time
+
+from absl import logging
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from kgmae_jax import benchmark
+
+_BUILDERS = {'kgmae_benchmark': benchmark.BenchmarkBuilder}
+_SPLIT_SIZES = {'train': 'num_train', 'test': 'num_test',
+                'test_b': 'num_test_b'}
+_STATS_FILE = 'band_stats.json'
+
+
+def _builder_class(data_cfg):
+  if data_cfg.name not in _BUILDERS:
+    raise ValueError(f'Unknown data set config.data.name={data_cfg.name!r}; '
+                     f'known: {sorted(_BUILDERS)}.')
+  return _BUILDERS[data_cfg.name]
+
+
+def _key(data_cfg) -> tuple:
+  """Hashable identity of a build: name, data_dir and generator parameters."""
+  _builder_class(data_cfg)
+  data_dir = data_cfg.get('data_dir')
+  if not data_dir:  # None or ''.
+    data_dir = os.environ.get('KGMAE_DATA_DIR', '~/tensorflow_datasets')
+  params = tuple((f, data_cfg[f]) for f in (
+      'tile_size', 'num_train', 'num_test', 'num_test_b', 'snr_vnir',
+      'snr_swir', 'seed'))
+  return data_cfg.name, os.path.expanduser(data_dir), params
+
+
+@functools.lru_cache(maxsize=None)
+def _prepared_builder(key: tuple):
+  name, data_dir, params = key
+  builder = _BUILDERS[name](
+      config=benchmark.make_config(**dict(params)), data_dir=data_dir,
+      file_format='array_record')
+  if not builder.is_prepared():
+    c = builder.builder_config
+    total = c.num_train + c.num_test + c.num_test_b
+    logging.info('Building %s/%s: %d tiles of %dx%d into %s.', name, c.name,
+                 total, c.tile_size, c.tile_size, builder.data_dir)
+    start = time.perf_counter()
+    builder.download_and_prepare(
+        file_format='array_record',
+        download_config=tfds.download.DownloadConfig(
+            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    logging.info('Built %s/%s in %.1f s.', name, c.name,
+                 time.perf_counter() - start)
+  return builder
+
+
+def benchmark_builder(data_cfg) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of ``data_cfg``, built on first use and reused after."""
+  return _prepared_builder(_key(data_cfg))
+
+
+def wavelengths(data_cfg) -> np.ndarray:
+  """(B,) band centres in nm of the data set (builds nothing)."""
+  return np.asarray(_builder_class(data_cfg).WAVELENGTHS_NM, np.float64)
+
+
+def class_names(data_cfg) -> tuple[str, ...]:
+  """Names of the true material classes, in abundance order (builds nothing)."""
+  return tuple(_builder_class(data_cfg).CLASS_NAMES)
+
+
+def _source(data_cfg, split: str):
+  """Random-access source of one split, with clear errors for bad splits."""
+  if split not in _SPLIT_SIZES:
+    raise ValueError(f'Unknown split {split!r} of {data_cfg.name}; expected '
+                     f'one of {sorted(_SPLIT_SIZES)}.')
+  builder = benchmark_builder(data_cfg)
+  if split not in builder.info.splits or not builder.info.splits[
+      split].num_examples:
+    raise ValueError(f'Split {split!r} of {builder.builder_config.name} is '
+                     f'empty: set config.data.{_SPLIT_SIZES[split]} > 0.')
+  return builder.as_data_source(split)
+
+
+def prepare(example: dict, keys=None) -> dict:
+  """Adds ``valid`` (T, T) and zeroes non-finite ``cube`` pixels.
+
+  Args:
+    example: a tile or batch with ``cube`` (..., T, T, B).
+    keys: the keys to keep besides ``cube`` and ``valid``; None keeps all.
+
+  Returns:
+    The dict with ``cube`` float32, 0 wherever ``valid`` is False.
+  """
+  cube = np.asarray(example['cube'], np.float32)
+  valid = np.isfinite(cube).all(axis=-1)
+  out = {k: example[k] for k in (example if keys is None else keys)}
+  out['cube'] = np.where(valid[..., None], cube, np.float32(0))
+  out['valid'] = valid
+  return out
+
+
+def band_stats(data_cfg) -> dict[str, np.ndarray]:
+  """Per-band mean and std (B,) float32 over the valid train pixels.
+
+  Computed once and kept as ``band_stats.json`` in the build's directory.
+  """
+  return _band_stats(_key(data_cfg))
+
+
+@functools.lru_cache(maxsize=None)
+def _band_stats(key: tuple) -> dict[str, np.ndarray]:
+  builder = _prepared_builder(key)
+  path = pathlib.Path(builder.data_dir) / _STATS_FILE
+  if not path.exists():
+    src = builder.as_data_source('train')
+    total = total_sq = count = 0.0
+    for i in range(len(src)):
+      tile = prepare(src[i], keys=())
+      pixels = tile['cube'][tile['valid']].astype(np.float64)  # (P, B)
+      total = total + pixels.sum(0)
+      total_sq = total_sq + (pixels**2).sum(0)
+      count += len(pixels)
+    if not count:
+      raise ValueError(f'No valid pixels in the train split of {key}.')
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    tmp = path.with_suffix('.tmp')
+    tmp.write_text(json.dumps({'mean': mean.tolist(), 'std': std.tolist(),
+                               'num_pixels': int(count)}))
+    tmp.replace(path)  # Atomic: readers never see half a file.
+  stats = json.loads(path.read_text())
+  return {k: np.asarray(stats[k], np.float32) for k in ('mean', 'std')}
+
+
+def train_iterator(data_cfg, batch_size: int, *, seed: int, start_step: int = 0,
+                   process_index: int = 0, process_count: int = 1):
+  """Infinite, shuffled train batches, deterministic by step.
+
+  The train tiles are shuffled afresh each epoch (from ``seed``) and repeated
+  forever; global batch s holds elements [s G, (s + 1) G) of that sequence,
+  G = batch_size * process_count. Process p takes elements p, p + P, ... of
+  each global batch, so ``batch_size`` is per process. Starting at
+  ``start_step`` yields exactly the batches a fresh iterator yields from there.
+
+  Args:
+    data_cfg: ``config.data``.
+    batch_size: tiles per batch and process.
+    seed: shuffle seed.
+    start_step: index of the first batch.
+    process_index: this process, in [0, process_count).
+    process_count: number of processes sharing each global batch.
+
+  Returns:
+    A grain iterator of {'cube': (N, T, T, B) float32, 'valid': (N, T, T)
+    bool}; its ``get_state``/``set_state`` checkpoint the position.
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} not in '
+                     f'[0, {process_count}).')
+  ds = (grain.MapDataset.source(_source(data_cfg, 'train'))
+        .seed(seed).shuffle().repeat()
+        .slice(slice(process_index, None, process_count))
+        .map(functools.partial(prepare, keys=()))
+        .batch(batch_size, drop_remainder=True)
+        .slice(slice(start_step, None)))
+  return iter(ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=data_cfg.num_workers,
+      prefetch_buffer_size=data_cfg.prefetch)))
+
+
+def eval_batches(data_cfg, split: str, batch_size: int, max_tiles=None):
+  """Batches of a split in tile order, unshuffled, last partial batch kept.
+
+  Args:
+    data_cfg: ``config.data``.
+    split: 'train', 'test' or 'test_b'.
+    batch_size: tiles per batch.
+    max_tiles: read only the first this many tiles (None: all).
+
+  Yields:
+    Dicts with ``cube`` (N, T, T, B) (NaN -> 0), ``valid`` (N, T, T) and every
+    stored feature: ``abundances`` (N, T, T, M), ``endmembers`` (N, M, B),
+    ``labels`` (N, T, T), ``region`` (N,), ... as numpy arrays.
+  """
+  src = _source(data_cfg, split)
+  num = len(src) if max_tiles is None else min(max_tiles, len(src))
+  features = benchmark_builder(data_cfg).info.features
+  dtypes = {k: features[k].np_dtype for k in features}
+
+  def decode(example):  # Scalars come back as Python ints: restore dtypes.
+    return prepare({k: np.asarray(v, dtypes[k]) for k, v in example.items()})
+
+  ds = (grain.MapDataset.source(src).slice(slice(0, num)).map(decode)
+        .batch(batch_size))
+  for i in range(len(ds)):
+    yield ds[i]

@@ -1,0 +1,109 @@
+"""Tests of the embedded benchmark: a tiny build read without TensorFlow."""
+
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from kgmae_jax import benchmark
+from kgmae_jax import enmap
+from kgmae_jax import spectra
+
+_PARAMS = dict(tile_size=16, num_train=4, num_test=2, num_test_b=3)
+
+
+def _build(data_dir, **params):
+  builder = benchmark.BenchmarkBuilder(
+      config=benchmark.make_config(**{**_PARAMS, **params}),
+      data_dir=data_dir, file_format='array_record')
+  builder.download_and_prepare(
+      file_format='array_record',
+      download_config=tfds.download.DownloadConfig(
+          compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  return {split: [src[i] for i in range(len(src))]
+          for split in ('train', 'test', 'test_b')
+          for src in [builder.as_data_source(split)]}
+
+
+@pytest.fixture(scope='module')
+def tiles(tmp_path_factory):
+  return _build(tmp_path_factory.mktemp('a'))
+
+
+def test_build_and_read_without_tensorflow(tiles):
+  assert 'tensorflow' not in sys.modules
+  assert [len(tiles[s]) for s in ('train', 'test', 'test_b')] == [4, 2, 3]
+  t, b, m = 16, enmap.NUM_BANDS, benchmark.M_TRUE
+  shapes = {'cube': (t, t, b), 'abundances': (t, t, m), 'endmembers': (m, b),
+            'variants': (m, b), 'variability': (t, t, m), 'noise_std': (b,),
+            'labels': (t, t)}
+  tile = tiles['train'][1]
+  for key, shape in shapes.items():
+    assert tile[key].shape == shape, key
+    assert tile[key].dtype == (np.int32 if key == 'labels' else np.float32)
+  assert [x['tile_id'] for x in tiles['test_b']] == [0, 1, 2]
+
+
+def test_config_names_encode_parameters():
+  names = {benchmark.BenchmarkConfig(**p).name for p in (
+      {}, {'seed': 1}, {'snr_swir': 60.0}, {'tile_size': 32}, {'num_test': 7})}
+  assert len(names) == 5
+  registered = benchmark.BenchmarkBuilder.BUILDER_CONFIGS[1]
+  assert benchmark.make_config(tile_size=32, num_train=256, num_test=32,
+                               num_test_b=32) is registered
+
+
+def test_abundances_and_labels(tiles):
+  a = np.stack([x['abundances'] for s in tiles.values() for x in s])
+  assert a.min() >= 0
+  np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
+  labels = np.stack([x['labels'] for s in tiles.values() for x in s])
+  np.testing.assert_array_equal(labels, a.argmax(-1))
+  top = a.max(-1)
+  assert (top < 0.9).mean() > 0.02  # Mixed pixels at edges and roads.
+  assert (top > 0.999).mean() > 0.1  # Pure pixels inside pure parcels.
+  var = np.stack([x['variability'] for s in tiles.values() for x in s])
+  assert var.min() >= 0 and var.max() <= 0.5 and var.std() > 0.05
+
+
+def test_cube_is_clean_model_plus_noise(tiles):
+  snr = benchmark.band_snr(enmap.WAVELENGTHS_NM, 150.0, 80.0)
+  assert snr[0] == pytest.approx(150.0) and snr[-1] == pytest.approx(80.0)
+  for tile in tiles['train'] + tiles['test_b']:
+    clean = benchmark.clean_cube(tile['abundances'], tile['endmembers'],
+                                 tile['variants'], tile['variability'])
+    np.testing.assert_allclose(tile['noise_std'], clean.mean() / snr,
+                               rtol=1e-6)
+    z = (tile['cube'] - clean) / tile['noise_std']
+    assert abs(z.mean()) < 0.05
+    assert z.std() == pytest.approx(1.0, rel=0.05)
+    # Per band too, so a swapped VNIR/SWIR sigma would show.
+    assert np.abs(z.std(axis=(0, 1)) - 1).max() < 0.3
+
+
+def test_endmembers_come_from_the_region_pools(tiles):
+  pools = {r: spectra.region_pools(enmap.WAVELENGTHS_NM, enmap.FWHM_NM, r)
+           for r in 'AB'}
+  for split, region in (('train', 'A'), ('test', 'A'), ('test_b', 'B')):
+    for tile in tiles[split]:
+      assert tile['region'] == (region == 'B')
+      for k, name in enumerate(spectra.CLASS_NAMES):
+        for spectrum in (tile['endmembers'][k], tile['variants'][k]):
+          own = np.abs(pools[region][name] - spectrum).max(1).min()
+          other = np.abs(pools['AB'.replace(region, '')][name]
+                         - spectrum).max(1).min()
+          assert own < 1e-6 and other > 1e-6, (split, name)
+
+
+def test_deterministic_by_seed(tiles, tmp_path):
+  again = _build(tmp_path / 'same')
+  other = _build(tmp_path / 'other', seed=1)
+  for split in tiles:
+    for x, y, z in zip(tiles[split], again[split], other[split]):
+      for key in ('cube', 'abundances', 'endmembers', 'labels'):
+        np.testing.assert_array_equal(x[key], y[key])
+      assert not np.array_equal(x['cube'], z['cube'])
+  # Tiles of one build differ from each other too.
+  assert not np.array_equal(tiles['train'][0]['abundances'],
+                            tiles['train'][1]['abundances'])

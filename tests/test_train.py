@@ -1,0 +1,109 @@
+"""Train step: pure and deterministic, same loss on 1 and 8 devices, learns."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kgmae_jax import sharding
+from kgmae_jax import train
+from tests import tiny_config
+
+BANDS = 6
+
+
+def batch_of(seed, n=8, size=8):
+  rng = np.random.default_rng(seed)
+  em = rng.uniform(0.05, 0.6, (3, BANDS))
+  a = rng.dirichlet(np.ones(3), (n, size, size))
+  cube = (a @ em + rng.normal(0, 0.005, (n, size, size, BANDS))).astype(np.float32)
+  valid = np.ones((n, size, size), bool)
+  valid[0, 0, :3] = False
+  cube[~valid] = 0.0
+  return {"cube": cube, "valid": valid}
+
+
+def run_steps(config, devices, steps=3):
+  mesh = sharding.make_mesh(config.mesh, devices=devices)
+  trainer = train.build_trainer(config, mesh, BANDS, np.full(BANDS, 0.3, np.float32),
+                                np.full(BANDS, 0.15, np.float32))
+  state = trainer.init(jax.random.key(0))
+  rng = jax.random.key(1)
+  out = []
+  for s in range(steps):
+    batch = sharding.put_batch(batch_of(s), trainer.batch_sharding)
+    state, m = trainer.step(state, batch, rng)
+    out.append(jax.device_get(m))
+  return state, out
+
+
+@pytest.mark.parametrize("per_pixel", [False, True])
+def test_one_vs_eight_devices_same_loss(per_pixel):
+  assert jax.device_count() == 8, "conftest should give 8 fake CPU devices"
+  config = tiny_config.get(per_pixel=per_pixel)
+  _, one = run_steps(config, jax.devices()[:1])
+  _, eight = run_steps(config, jax.devices())
+  for a, b in zip(one, eight):
+    for k in ("loss", "huber", "sam", "lsmm", "grad_norm"):
+      np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=k)
+
+
+def test_fsdp_mesh_same_loss():
+  config = tiny_config.get()
+  _, ref = run_steps(config, jax.devices())
+  config.mesh.fsdp = 2
+  _, fsdp = run_steps(config, jax.devices())
+  for a, b in zip(ref, fsdp):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-5)
+
+
+def test_step_metrics_and_loss_decreases():
+  config = tiny_config.get()
+  config.train.steps = 40
+  _, ms = run_steps(config, jax.devices()[:1], steps=40)
+  for k in ("loss", "huber", "sam", "lsmm", "grad_norm", "param_norm", "lr"):
+    assert np.isfinite(ms[-1][k]), k
+  np.testing.assert_allclose(
+      ms[-1]["loss"], ms[-1]["huber"] + ms[-1]["sam"] + ms[-1]["lsmm"], rtol=1e-5)
+  assert np.mean([m["loss"] for m in ms[-5:]]) < 0.7 * ms[0]["loss"]
+
+
+def test_fixed_endmembers_do_not_move():
+  config = tiny_config.get()
+  config.lsmm.learn = False
+  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+  em0 = np.random.default_rng(0).uniform(0.1, 0.5, (BANDS, 3)).astype(np.float32)
+  trainer = train.build_trainer(config, mesh, BANDS, np.zeros(BANDS, np.float32),
+                                np.ones(BANDS, np.float32), endmembers=em0)
+  state = trainer.init(jax.random.key(0))
+  before = jax.device_get(state.params)
+  for s in range(3):
+    state, _ = trainer.step(state, sharding.put_batch(batch_of(s), trainer.batch_sharding),
+                            jax.random.key(1))
+  after = jax.device_get(state.params)
+  np.testing.assert_array_equal(before["endmembers_raw"], after["endmembers_raw"])
+  np.testing.assert_allclose(jax.nn.softplus(after["endmembers_raw"]), em0, rtol=1e-4)
+  assert not np.allclose(before["pixel_head"]["kernel"], after["pixel_head"]["kernel"])
+
+
+def test_baseline_config_has_no_lsmm_term():
+  config = tiny_config.get()
+  config.lsmm.enabled = False
+  config.loss.sam = 0.0
+  config.loss.lsmm = 0.0
+  _, ms = run_steps(config, jax.devices()[:1], steps=2)
+  assert ms[-1]["lsmm"] == 0 and ms[-1]["sam"] == 0
+  np.testing.assert_allclose(ms[-1]["loss"], ms[-1]["huber"], rtol=1e-6)
+
+
+def test_step_is_deterministic():
+  config = tiny_config.get()
+  _, a = run_steps(config, jax.devices()[:1], steps=2)
+  _, b = run_steps(config, jax.devices()[:1], steps=2)
+  assert a[-1]["loss"] == b[-1]["loss"]
+
+
+def test_check_finite_names_term_and_steps():
+  with pytest.raises(FloatingPointError, match=r"steps 11 and 20: sam"):
+    train.check_finite((11, 20), {"huber": 1.0, "sam": float("nan"),
+                                  "lsmm": 0.1, "loss": 1.0})
