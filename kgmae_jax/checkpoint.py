@@ -3,11 +3,19 @@
 Each step directory holds two items:
   state  the TrainState (step, params incl. decoder and LSMM head, optimiser);
   meta   JSON: the config, band wavelengths, per-band normalisation mean/std,
-         class names and the package version: all a user needs to apply the
-         model later without the data set.
-Orbax writes each step into a temporary directory and renames it when complete,
-so an interrupted save never becomes the "latest" step.
+         class names and the band count: all a user needs to apply the model
+         later without the data set.
+
+Orbax writes each step into a temporary directory and renames it when complete
+(`commit_success.txt` marks it), so an interrupted save never becomes the
+"latest" step. `restore_latest` goes further for checkpoints damaged after the
+fact (a truncated file, a deleted folder): it falls back to the newest step
+that restores, moving the broken ones to `workdir/corrupt_checkpoints/`.
+A checkpoint whose parameters differ in names or shapes from the model is not
+"corrupt": that raises `ShapeMismatchError` listing every difference.
 """
+
+import os
 
 import jax
 import orbax.checkpoint as ocp
@@ -15,38 +23,119 @@ from absl import logging
 from etils import epath
 
 
+class ShapeMismatchError(ValueError):
+  """The checkpoint's parameter tree differs from the model's."""
+
+
+def absolute(path):
+  """`path` as an absolute epath (orbax needs one); URLs (gs://) unchanged."""
+  path = str(path)
+  return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
+def _flat_shapes(tree):
+  """{'a/b/c': shape} of a nested dict of arrays / metadata."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path):
+          tuple(leaf.shape) for path, leaf in flat}
+
+
+def param_diff(saved, expected):
+  """Human-readable lines for every parameter missing, unexpected or of another
+  shape in `saved` (checkpoint) against `expected` (model); [] if equal."""
+  got, want = _flat_shapes(saved), _flat_shapes(expected)
+  lines = [f"  missing in checkpoint: {k} {want[k]}" for k in sorted(want.keys() - got.keys())]
+  lines += [f"  not in model: {k} {got[k]}" for k in sorted(got.keys() - want.keys())]
+  lines += [f"  {k}: checkpoint {got[k]} vs model {want[k]}"
+            for k in sorted(got.keys() & want.keys()) if got[k] != want[k]]
+  return lines
+
+
 class Checkpointer:
-  """Save every `every_steps` (and when forced), keep the last `keep`."""
+  """Saves every `every_steps` (and when forced), keeps the last `keep`."""
 
   def __init__(self, workdir, every_steps, keep):
-    self.directory = epath.Path(workdir) / "checkpoints"
-    options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every_steps, max_to_keep=keep, create=True)
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "meta"))
+    self.workdir = absolute(workdir)
+    self.directory = self.workdir / "checkpoints"
+    self.every_steps = every_steps
+    self._keep = keep
+    self.manager = self._manager()
+
+  def _manager(self):
+    # We decide when to save (`save`); orbax would also save the very first step.
+    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True)
+    return ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self):
     return self.manager.latest_step()
 
+  def due(self, step):
+    return step % self.every_steps == 0
+
   def save(self, step, state, meta, force=False):
     """Saves asynchronously if `step` is due (or `force`); True if saving."""
-    saved = self.manager.save(
-        step,
-        args=ocp.args.Composite(
+    if not (force or self.due(step)) or step in self.manager.all_steps():
+      return False
+    self.manager.save(
+        step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=force)
-    if saved:
-      logging.info("Saving checkpoint at step %d to %s", step, self.directory)
-    return saved
+        force=True)
+    logging.info("Saving checkpoint at step %d to %s", step, self.directory)
+    return True
 
   def restore(self, step, abstract_state):
-    """(state, meta) at `step`; arrays placed as `abstract_state`'s shardings."""
+    """(state, meta) at `step`, arrays placed as `abstract_state`'s shardings.
+
+    Raises ShapeMismatchError (listing names and shapes) when the saved
+    parameters do not match `abstract_state.params`.
+    """
+    saved = self.manager.item_metadata(step)["state"]
+    saved = getattr(saved, "tree", saved)
+    diff = param_diff(saved["params"], abstract_state.params)
+    if diff:
+      raise ShapeMismatchError(
+          f"Checkpoint {self.directory / str(step)} does not fit the model "
+          "(check config.model / config.lsmm and the data's band count, or use "
+          "another --workdir):\n" + "\n".join(diff))
     restored = self.manager.restore(
-        step,
-        args=ocp.args.Composite(
+        step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
+
+  def restore_latest(self, abstract_state):
+    """(step, state, meta) of the newest checkpoint that restores, or None.
+
+    Steps that fail to read are moved to `workdir/corrupt_checkpoints/` with a
+    warning naming them; a ShapeMismatchError is raised, not skipped.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state, meta = self.restore(step, abstract_state)
+      except (ShapeMismatchError, TypeError, AttributeError, NameError):
+        raise  # A misfit or a bug, not a damaged file: never set a step aside.
+      except Exception as e:  # pylint: disable=broad-except
+        self._quarantine(step, e)
+        continue
+      return step, state, meta
+    return None
+
+  def _quarantine(self, step, error):
+    """Moves the unreadable `step` aside so training can save it again."""
+    dest = self.workdir / "corrupt_checkpoints" / str(step)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+      dest.rmtree()
+    (self.directory / str(step)).rename(dest)
+    logging.warning(
+        "Skipped unreadable checkpoint at step %d (%s: %s); moved it to %s and "
+        "fell back to the previous one.", step, type(error).__name__,
+        str(error).splitlines()[0] if str(error) else "", dest)
+    self.manager.close()
+    self.manager = self._manager()
 
   def restore_meta(self, step=None):
     """The JSON meta of `step` (default latest) without loading arrays."""

@@ -24,6 +24,7 @@ def base_config():
   c.data.snr_vnir = 150.0  # Signal-to-noise ratio below 1000 nm.
   c.data.snr_swir = 80.0  # Signal-to-noise ratio above 1000 nm.
   c.data.seed = 0  # Generator seed: a new seed is a new data set.
+  c.data.num_bands = 0  # Expected band count; 0 takes it from the data set.
   c.data.num_workers = 0  # grain reader threads; 0 reads in the main thread.
   c.data.prefetch = 2  # Batches read ahead.
 
@@ -69,6 +70,8 @@ def base_config():
   c.train.batch_size = 64  # Global batch, split over the mesh.
   c.train.steps = 20000  # Optimiser steps.
   c.train.log_every = 50  # Steps between metric logs.
+  c.train.on_nonfinite = "error"  # NaN/inf loss: 'error' stops, 'skip' drops the update.
+  c.train.max_skipped_in_a_row = 10  # With 'skip': consecutive bad steps before giving up.
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the batch axis; -1: all left after fsdp.
@@ -90,6 +93,7 @@ def base_config():
 _DTYPES = ("float32", "bfloat16")
 _ATTENTION = ("auto", "xla", "cudnn")
 _INITS = ("random", "library", "data")
+_NONFINITE = ("error", "skip")
 
 
 def validate(c, num_devices=None, num_bands=None):
@@ -133,6 +137,11 @@ def validate(c, num_devices=None, num_bands=None):
   need(0 <= c.optim.warmup_steps, "optim.warmup_steps", "must be >= 0.")
   need(c.train.steps >= 1, "train.steps", "must be >= 1.")
   need(c.train.batch_size >= 1, "train.batch_size", "must be >= 1.")
+  need(c.train.log_every >= 1, "train.log_every", "must be >= 1.")
+  need(c.train.on_nonfinite in _NONFINITE, "train.on_nonfinite",
+       f"one of {_NONFINITE}, got {c.train.on_nonfinite!r}.")
+  need(c.train.max_skipped_in_a_row >= 1, "train.max_skipped_in_a_row",
+       "must be >= 1.")
   need(c.ckpt.every_steps >= 1, "ckpt.every_steps", "must be >= 1.")
   need(c.ckpt.keep >= 1, "ckpt.keep", "must be >= 1.")
   need(c.mesh.fsdp >= 1, "mesh.fsdp", "must be >= 1.")
@@ -146,3 +155,7 @@ def validate(c, num_devices=None, num_bands=None):
          f"{c.train.batch_size} is not divisible by the {num_devices} devices.")
   if num_bands is not None:
     need(num_bands >= 1, "data", "the data set has no bands.")
+    need(c.data.num_bands in (0, num_bands), "data.num_bands",
+         f"the config expects {c.data.num_bands} bands but the data set has "
+         f"{num_bands}; set data.num_bands={num_bands} (or 0) or point "
+         "config.data at the intended data set.")

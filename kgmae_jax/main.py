@@ -9,6 +9,7 @@ variables) so `jax.distributed.initialize()` is called first.
 """
 
 import os
+import sys
 
 import jax
 from absl import app
@@ -29,7 +30,11 @@ def main(argv):
   if os.environ.get("KGMAE_DISTRIBUTED") == "1":
     jax.distributed.initialize()
   from kgmae_jax import train  # pylint: disable=g-import-not-at-top
-  summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except train.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(128 + e.signum)  # The shell's convention for death by signal.
   rec = summary["metrics"]["reconstruction"]
   for name, m in rec.items():
     logging.info("%-13s PSNR %6.2f dB  SSIM %.3f  SAM %5.2f deg  RMSE %.4f",

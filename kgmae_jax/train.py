@@ -11,6 +11,8 @@ as a validity mask into every loss and metric.
 
 import dataclasses
 import functools
+import signal
+import threading
 import time
 from typing import Any
 
@@ -49,11 +51,14 @@ def _decays(path, leaf):
   return leaf.ndim >= 2 and "endmembers" not in name
 
 
-def make_optimizer(optim_cfg, lsmm_cfg, total_steps):
+def make_optimizer(optim_cfg, lsmm_cfg, total_steps, max_nonfinite=1):
   """AdamW with linear warm-up + cosine decay and global-norm clipping.
 
   Returns (tx, schedule). With `lsmm_cfg.learn = False` the endmembers get no
-  update at all (not even weight decay).
+  update at all (not even weight decay). The whole update is wrapped in
+  `optax.apply_if_finite`: a step whose gradient holds NaN/inf leaves params
+  and moments unchanged (counted in `opt_state.total_notfinite`), up to
+  `max_nonfinite` such steps in a row.
   """
   warmup = min(optim_cfg.warmup_steps, total_steps - 1)
   schedule = optax.warmup_cosine_decay_schedule(
@@ -71,7 +76,7 @@ def make_optimizer(optim_cfg, lsmm_cfg, total_steps):
         else "train", p)
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                label)
-  return tx, schedule
+  return optax.apply_if_finite(tx, max_nonfinite), schedule
 
 
 # ------------------------------------------------------------ state and step
@@ -145,6 +150,7 @@ def make_train_step(model, tx, schedule, config, mean, std):
     metrics["param_norm"] = optax.global_norm(params)
     metrics["lr"] = schedule(state.step)
     metrics["valid_frac"] = valid.mean()
+    metrics["skipped_steps"] = opt_state.total_notfinite
     return TrainState(step=state.step + 1, params=params,
                       opt_state=opt_state), metrics
 
@@ -166,7 +172,8 @@ class Trainer:
 def build_trainer(config, mesh, num_bands, mean, std, endmembers=None):
   """Builds the model, optimiser, shardings and the compiled functions."""
   model = model_lib.build(config.model, config.lsmm, num_bands)
-  tx, schedule = make_optimizer(config.optim, config.lsmm, config.train.steps)
+  tx, schedule = make_optimizer(config.optim, config.lsmm, config.train.steps,
+                                max_nonfinite=config.train.max_skipped_in_a_row)
   init = functools.partial(init_state, model=model, tx=tx,
                            tile_size=config.data.tile_size,
                            endmembers=endmembers)
@@ -203,21 +210,75 @@ def _log_line(step, total, scalars, rate):
           f"{rate:.2f} steps/s | eta {int(eta) // 60}m{int(eta) % 60:02d}s")
 
 
+_GUARDED = ("huber", "sam", "lsmm", "loss", "grad_norm")
+
+
+def nonfinite_terms(scalars):
+  """Names of the loss terms (and grad norm) that are NaN/inf in `scalars`."""
+  return [k for k in _GUARDED if k in scalars and not np.isfinite(scalars[k])]
+
+
 def check_finite(step_range, scalars):
   """Raises FloatingPointError naming the steps and non-finite loss terms."""
-  bad = [k for k in ("huber", "sam", "lsmm", "loss")
-         if k in scalars and not np.isfinite(scalars[k])]
+  bad = nonfinite_terms(scalars)
   if bad:
+    first, last = step_range
+    where = f"at step {first}" if first == last else f"between steps {first} and {last}"
     raise FloatingPointError(
-        f"Non-finite loss between steps {step_range[0]} and {step_range[1]}: "
-        f"{', '.join(bad)} = {[scalars[k] for k in bad]}. The last checkpoint "
-        "before these steps is untouched; lower optim.lr or check the data.")
+        f"Non-finite loss {where}: {', '.join(bad)} = {[scalars[k] for k in bad]}. "
+        "The update was not applied and no checkpoint was written after it; lower "
+        "optim.lr, check the data, or set train.on_nonfinite='skip'.")
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM/SIGINT after writing a checkpoint."""
+
+  def __init__(self, step, signum, workdir):
+    self.step, self.signum = step, signum
+    super().__init__(
+        f"Stopped by {signal.Signals(signum).name} at step {step} after saving a "
+        f"checkpoint in {workdir}; rerun the same command to resume.")
+
+
+class _StopRequests:
+  """Records SIGTERM/SIGINT instead of dying mid-step; a second SIGINT kills."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning("Received %s: finishing this step, then saving a "
+                    "checkpoint.", signal.Signals(signum).name)
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _host_scalars(metrics):
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
 def train_and_evaluate(config, workdir):
   """Pretrains (resuming from `workdir` if it holds checkpoints), then
-  evaluates and writes summary.json and figures. Returns the summary dict."""
-  workdir = epath.Path(workdir)
+  evaluates and writes summary.json and figures. Returns the summary dict.
+
+  Raises Preempted after saving a checkpoint on SIGTERM/SIGINT, and
+  FloatingPointError (before any checkpoint past the last good step) when a
+  loss term goes non-finite with train.on_nonfinite='error'.
+  """
+  workdir = ckpt_lib.absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   if is_main:
@@ -256,17 +317,13 @@ def train_and_evaluate(config, workdir):
   logging.info("Model: %.2fM parameters, %d bands, LSMM %s.", num_params / 1e6,
                num_bands, "on" if model.lsmm else "off")
 
-  # Resume from this workdir, else start from scratch.
+  # Resume from this workdir (newest readable checkpoint), else from scratch.
   ckpt = ckpt_lib.Checkpointer(workdir, config.ckpt.every_steps, config.ckpt.keep)
-  start = ckpt.latest_step()
-  if start is not None:
-    saved_bands = ckpt.restore_meta(start)["num_bands"]
-    if saved_bands != num_bands:
-      raise ValueError(f"Checkpoint in {ckpt.directory} has {saved_bands} "
-                       f"bands but the data has {num_bands}; use another "
-                       "--workdir or the matching data config.")
-    state, _ = ckpt.restore(start, ckpt_lib.abstract_with_shardings(
-        trainer.abstract_state, trainer.state_shardings))
+  _check_saved_bands(ckpt, num_bands)
+  restored = ckpt.restore_latest(ckpt_lib.abstract_with_shardings(
+      trainer.abstract_state, trainer.state_shardings))
+  if restored is not None:
+    start, state, _ = restored
     logging.info("Resumed from step %d in %s.", start, ckpt.directory)
   else:
     start = 0
@@ -278,23 +335,45 @@ def train_and_evaluate(config, workdir):
       config.data, per_process, seed=config.seed, start_step=start,
       process_index=jax.process_index(), process_count=jax.process_count())
   writer = report.MetricWriter(workdir, resume_step=start, enabled=is_main)
-  pending, last_log, t0 = [], start, time.perf_counter()
-  for step in range(start + 1, total + 1):
-    batch = sharding.put_batch(next(batches), trainer.batch_sharding)
-    state, metrics = trainer.step(state, batch, step_rng)
-    pending.append(metrics)
-    if step % config.train.log_every == 0 or step == total:
-      scalars = {k: float(np.mean([jax.device_get(m[k]) for m in pending]))
-                 for k in pending[0]}
-      check_finite((last_log + 1, step), scalars)
-      rate = (step - last_log) / (time.perf_counter() - t0)
-      scalars["steps_per_sec"] = rate
-      writer.write(step, scalars)
-      logging.info(_log_line(step, total, scalars, rate))
-      pending, last_log, t0 = [], step, time.perf_counter()
-    ckpt.save(step, state, meta, force=(step == total))
-  if ckpt.latest_step() != total:
-    ckpt.save(total, state, meta, force=True)
+  skip = config.train.on_nonfinite == "skip"
+  window, unchecked, last_log, t0 = [], [], start, time.perf_counter()
+  with _StopRequests() as stop:
+    for step in range(start + 1, total + 1):
+      batch = sharding.put_batch(next(batches), trainer.batch_sharding)
+      state, metrics = trainer.step(state, batch, step_rng)
+      unchecked.append((step, metrics))
+      log_now = step % config.train.log_every == 0 or step == total
+      save_now = ckpt.due(step) or step == total or stop.signum is not None
+      if not (log_now or save_now):
+        continue
+      # Every step's metrics are checked before anything is logged or saved.
+      for s, m in unchecked:
+        m = _host_scalars(m)
+        bad = nonfinite_terms(m)
+        if bad and not skip:
+          ckpt.close()
+          writer.close()
+          check_finite((s, s), m)
+        if bad:
+          logging.warning("Step %d: non-finite %s; update skipped (%d so far).",
+                          s, ", ".join(bad), int(m["skipped_steps"]))
+        else:
+          window.append(m)
+      unchecked = []
+      if log_now and window:
+        scalars = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+        scalars["skipped_steps"] = window[-1]["skipped_steps"]
+        rate = (step - last_log) / (time.perf_counter() - t0)
+        scalars["steps_per_sec"] = rate
+        writer.write(step, scalars)
+        logging.info(_log_line(step, total, scalars, rate))
+        window, last_log, t0 = [], step, time.perf_counter()
+      ckpt.save(step, state, meta, force=(step == total or stop.signum is not None))
+      if stop.signum is not None and step < total:
+        ckpt.close()
+        writer.close()
+        raise Preempted(step, stop.signum, workdir)
+  ckpt.save(total, state, meta, force=True)  # No-op unless resumed at `total`.
   ckpt.close()
   writer.close()
 
@@ -308,3 +387,16 @@ def train_and_evaluate(config, workdir):
         "train": summary["train"]})
     plots.write_all(workdir, summary, wavelengths, meta["class_names"])
   return summary
+
+
+def _check_saved_bands(ckpt, num_bands):
+  """Clear error when the workdir's checkpoint was trained on another band count."""
+  try:
+    saved = ckpt.restore_meta()["num_bands"] if ckpt.latest_step() else None
+  except Exception:  # pylint: disable=broad-except
+    return  # Unreadable: restore_latest reports it and falls back.
+  if saved is not None and saved != num_bands:
+    raise ValueError(
+        f"Checkpoint in {ckpt.directory} has {saved} bands but the data has "
+        f"{num_bands}: set config.data to the data set it was trained on, or "
+        "use another --workdir.")

@@ -31,3 +31,14 @@ def get(per_pixel=False):
   c.evals.batch_size = 4
   c.evals.num_plot = 2
   return c
+
+
+def get_config(arg=None):
+  """`--config tests/tiny_config.py` for subprocess tests: 16x16 tiles (SSIM
+  needs >= 11 pixels), 16 training tiles; set --config.data.data_dir."""
+  del arg
+  c = get()
+  c.data.tile_size = 16
+  c.train.steps = 8
+  c.ckpt.every_steps = 4
+  return c

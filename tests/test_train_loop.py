@@ -1,0 +1,157 @@
+"""train_and_evaluate end to end on a tiny build: outputs, exact resume,
+corrupt checkpoints, shape mismatches, NaN guard."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from kgmae_jax import checkpoint as ckpt_lib
+from kgmae_jax import data
+from kgmae_jax import report
+from kgmae_jax import train
+from tests import tiny_config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+def config_for(data_dir, **train_overrides):
+  c = tiny_config.get_config()
+  c.data.data_dir = data_dir
+  c.data.num_test_b = 0
+  for k, v in train_overrides.items():
+    c.train[k] = v
+  return c
+
+
+def final_params(workdir, config):
+  """(meta, params) of the latest checkpoint, restored as saved."""
+  del config
+  ckpt = ckpt_lib.Checkpointer(workdir, 1, 5)
+  restored = ckpt.manager.restore(ckpt.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  ckpt.close()
+  return restored.meta, jax.device_get(restored.state["params"])
+
+
+def same_tree(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def log_rows(workdir):
+  rows = report.read_jsonl(workdir / "metrics.jsonl")
+  return [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+  """An uninterrupted 8-step run: logs every 2 steps, checkpoints every 4."""
+  workdir = tmp_path_factory.mktemp("ref")
+  config = config_for(data_dir)
+  summary = train.train_and_evaluate(config, str(workdir))
+  return workdir, config, summary
+
+
+def test_outputs(reference):
+  workdir, _, summary = reference
+  for name in ("config.json", "summary.json", "metrics.jsonl", "loss_curves.png",
+               "reconstructions.png", "endmembers.png", "abundances.png"):
+    assert (workdir / name).exists(), name
+  saved = json.loads((workdir / "summary.json").read_text())
+  for row in ("model", "train_mean", "visible_mean"):
+    for metric in ("psnr", "ssim", "sam_deg", "rmse", "ergas"):
+      assert np.isfinite(saved["reconstruction"][row][metric]), (row, metric)
+  assert saved["unmixing"]["sad_deg_mean"] >= 0
+  assert [r["step"] for r in log_rows(workdir)] == [2, 4, 6, 8]
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [4, 8]
+  meta, _ = final_params(workdir, None)
+  assert meta["num_bands"] == 218 and len(meta["wavelengths_nm"]) == 218
+  assert len(meta["band_mean"]) == len(meta["band_std"]) == 218
+  assert summary["train"]["steps"] == 8
+
+
+def crashed_copy(reference, tmp_path, damage):
+  """The reference workdir as if the run had died after step 4 (or with a
+  damaged step-8 checkpoint)."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference[0], workdir)
+  step8 = workdir / "checkpoints" / "8"
+  if damage == "deleted":
+    shutil.rmtree(step8)
+  elif damage == "missing_dir":
+    shutil.rmtree(step8 / "state")
+  elif damage == "truncated":
+    for f in (step8 / "state").rglob("*"):
+      if f.is_file() and f.stat().st_size > 100:
+        f.write_bytes(f.read_bytes()[:50])
+  (workdir / "summary.json").unlink()
+  return workdir
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "missing_dir"])
+def test_resume_ends_exactly_like_uninterrupted(reference, tmp_path, damage):
+  ref_dir, config, _ = reference
+  workdir = crashed_copy(reference, tmp_path, damage)
+  train.train_and_evaluate(config, str(workdir))
+  same_tree(final_params(workdir, config)[1], final_params(ref_dir, config)[1])
+  assert log_rows(workdir) == log_rows(ref_dir)
+  if damage != "deleted":  # The broken step was set aside, not silently lost.
+    assert (workdir / "corrupt_checkpoints" / "8").is_dir()
+
+
+def test_checkpoint_of_another_model_shape_lists_parameters(reference, tmp_path):
+  workdir = crashed_copy(reference, tmp_path, "deleted")
+  config = config_for(reference[1].data.data_dir)
+  config.model.width = 48
+  config.lsmm.num_endmembers = 4
+  with pytest.raises(ckpt_lib.ShapeMismatchError) as e:
+    train.train_and_evaluate(config, str(workdir))
+  msg = str(e.value)
+  assert "embed/kernel: checkpoint (3488, 32) vs model (3488, 48)" in msg
+  assert "endmembers_raw: checkpoint (218, 3) vs model (218, 4)" in msg
+
+
+def test_band_count_differs_from_config(data_dir, tmp_path):
+  config = config_for(data_dir)
+  config.data.num_bands = 200
+  with pytest.raises(ValueError, match=r"data.num_bands: .*200 bands.* has 218"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def nan_at_step(monkeypatch, bad_step):
+  """Feeds a NaN pixel marked valid at `bad_step`, bypassing data.prepare."""
+  real = data.train_iterator
+
+  def poisoned(*args, start_step=0, **kwargs):
+    for step, batch in enumerate(real(*args, start_step=start_step, **kwargs),
+                                 start=start_step + 1):
+      if step == bad_step:
+        batch = dict(batch, cube=batch["cube"].copy())
+        batch["cube"][0, 0, 0, 5] = np.nan
+      yield batch
+
+  monkeypatch.setattr(data, "train_iterator", poisoned)
+
+
+def test_nonfinite_loss_stops_naming_step_and_term(data_dir, tmp_path, monkeypatch):
+  nan_at_step(monkeypatch, 6)
+  with pytest.raises(FloatingPointError, match=r"at step 6: huber, .*no checkpoint"):
+    train.train_and_evaluate(config_for(data_dir), str(tmp_path))
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [4]
+  assert [r["step"] for r in log_rows(tmp_path)] == [2, 4]
+
+
+def test_nonfinite_loss_skip_mode(data_dir, tmp_path, monkeypatch):
+  nan_at_step(monkeypatch, 3)
+  train.train_and_evaluate(config_for(data_dir, on_nonfinite="skip"), str(tmp_path))
+  rows = log_rows(tmp_path)
+  assert [r["skipped_steps"] for r in rows] == [0, 1, 1, 1]
+  assert all(np.isfinite(r["loss"]) for r in rows)
+  _, params = final_params(tmp_path, None)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
