@@ -17,6 +17,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from kgmae_jax import config_lib
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
@@ -27,6 +29,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config_lib.validate(_CONFIG.value)  # Fail fast, before any import or build.
   if os.environ.get("KGMAE_DISTRIBUTED") == "1":
     jax.distributed.initialize()
   from kgmae_jax import train  # pylint: disable=g-import-not-at-top
