@@ -223,12 +223,39 @@ class BenchmarkBuilder(tfds.core.GeneratorBasedBuilder):
     counts = {'train': c.num_train, 'test': c.num_test, 'test_b': c.num_test_b}
     return {s: self._generate_examples(s, n) for s, n in counts.items() if n}
 
-  def _generate_examples(self, split: str, num_tiles: int):
+  def _tile(self, split: str, index: int, pools=None) -> dict:
+    """Tile `index` of `split`, generated afresh (all features)."""
     c = self.builder_config
     split_id, region = SPLITS[split]
-    pools = spectra.region_pools(self.WAVELENGTHS_NM, self.FWHM_NM, region)
+    if pools is None:
+      pools = spectra.region_pools(self.WAVELENGTHS_NM, self.FWHM_NM, region)
     snr = band_snr(self.WAVELENGTHS_NM, c.snr_vnir, c.snr_swir)
+    rng = np.random.default_rng([c.seed, split_id, index])
+    tile = generate_tile(rng, pools, c.tile_size, snr)
+    return dict(tile, region=np.int32(region == 'B'), tile_id=np.int64(index))
+
+  def _generate_examples(self, split: str, num_tiles: int):
+    pools = spectra.region_pools(self.WAVELENGTHS_NM, self.FWHM_NM,
+                                 SPLITS[split][1])
     for i in range(num_tiles):
-      rng = np.random.default_rng([c.seed, split_id, i])
-      tile = generate_tile(rng, pools, c.tile_size, snr)
-      yield i, dict(tile, region=np.int32(region == 'B'), tile_id=np.int64(i))
+      yield i, self._tile(split, i, pools)
+
+  def check_generator(self) -> None:
+    """Raises ValueError if this build's first tile differs from what the
+    generator (code and spectral libraries) now makes for it.
+
+    Catches builds made by an older generator (or other library versions)
+    under the same version number, so they are never mixed with new ones.
+    """
+    splits = [s for s in SPLITS
+              if s in self.info.splits and self.info.splits[s].num_examples]
+    if not splits:
+      return
+    split = splits[0]
+    stored = self.as_data_source(split)[0]['cube']
+    if not np.array_equal(stored, self._tile(split, 0)['cube']):
+      raise ValueError(
+          f'The data set in {self.data_dir} was built by another version of '
+          'the benchmark generator (its first tile differs from a fresh one). '
+          'Delete that directory to rebuild it, or set config.data.data_dir '
+          'to a new location.')

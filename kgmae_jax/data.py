@@ -71,6 +71,8 @@ def _prepared_builder(key: tuple):
             compute_stats=tfds.download.ComputeStatsMode.SKIP))
     logging.info('Built %s/%s in %.1f s.', name, c.name,
                  time.perf_counter() - start)
+  else:
+    builder.check_generator()  # Never train on a stale build.
   return builder
 
 

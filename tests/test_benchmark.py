@@ -107,3 +107,23 @@ def test_deterministic_by_seed(tiles, tmp_path):
   # Tiles of one build differ from each other too.
   assert not np.array_equal(tiles['train'][0]['abundances'],
                             tiles['train'][1]['abundances'])
+
+
+def test_build_from_another_generator_is_refused(tmp_path, monkeypatch):
+  config = benchmark.make_config(tile_size=8, num_train=2, num_test=1, num_test_b=0)
+  builder = benchmark.BenchmarkBuilder(config=config, data_dir=str(tmp_path),
+                                       file_format='array_record')
+  builder.download_and_prepare(
+      file_format='array_record',
+      download_config=tfds.download.DownloadConfig(
+          compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  builder.check_generator()  # Same generator: fine.
+  real = benchmark.generate_tile
+
+  def changed(*args, **kwargs):  # A generator whose noise changed.
+    tile = real(*args, **kwargs)
+    return dict(tile, cube=tile['cube'] + np.float32(1e-3))
+
+  monkeypatch.setattr(benchmark, 'generate_tile', changed)
+  with pytest.raises(ValueError, match='another version of the benchmark generator'):
+    builder.check_generator()
