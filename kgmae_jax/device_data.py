@@ -37,12 +37,21 @@ def batch_indices(num_tiles, global_batch, *, seed, start_step=0,
     raise ValueError(f"Global batch {global_batch} is not divisible by "
                      f"{process_count} processes.")
   order = grain.MapDataset.range(num_tiles).seed(seed).shuffle().repeat()
+  perms = {}  # epoch -> (num_tiles,) permutation; the last two are kept.
+
+  def perm(epoch):
+    if epoch not in perms:
+      perms[epoch] = np.asarray(
+          [order[epoch * num_tiles + i] for i in range(num_tiles)], np.int32)
+      perms.pop(epoch - 2, None)
+    return perms[epoch]
+
   per = global_batch // process_count
   step = start_step
   while True:
     pos = np.arange(step * global_batch, (step + 1) * global_batch)
     pos = pos.reshape(per, process_count).T.reshape(-1)  # Process-major rows.
-    yield np.asarray([order[int(k)] for k in pos], np.int32)
+    yield np.asarray([perm(k // num_tiles)[k % num_tiles] for k in pos], np.int32)
     step += 1
 
 
