@@ -26,40 +26,34 @@ def clean_batch(seed, n=8, size=8):
   return {"cube": cube, "valid": np.ones((n, size, size), bool)}
 
 
-def run(config, steps=3, devices=None):
-  mesh = sharding.make_mesh(config.mesh, devices=devices or jax.devices()[:1])
-  trainer = train.build_trainer(config, mesh, BANDS, np.full(BANDS, 0.3, np.float32),
-                                np.full(BANDS, 0.15, np.float32))
-  state = trainer.init(jax.random.key(0))
-  out = []
-  for s in range(steps):
-    batch = sharding.put_batch(clean_batch(s), trainer.batch_sharding)
-    state, m = trainer.step(state, batch, jax.random.key(1))
-    out.append(jax.device_get(m))
-  return jax.device_get(state.params), out
-
-
-def test_grad_accum_equals_one_big_batch():
-  config = tiny_config.get()
-  _, m1 = run(config)
-  config.train.grad_accum_steps = 4
-  _, m4 = run(config)
-  for a, b in zip(m1, m4):  # Three AdamW steps: same losses and grad norms.
-    for k in ("loss", "huber", "sam", "lsmm", "grad_norm"):
-      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=k)
-  # The gradients themselves: with SGD(lr=1), new params = params - grads.
+def sgd_step(config):
+  """One step with SGD(lr=1) from a fixed init: (metrics, grads = p - p')."""
   model = model_lib.build(config.model, config.lsmm, BANDS)
   tx = optax.sgd(1.0)
   state = train.init_state(jax.random.key(0), model=model, tx=tx, tile_size=8)
-  grads = {}
-  for accum in (1, 4):
-    config.train.grad_accum_steps = accum
-    step = jax.jit(train.make_train_step(model, tx, lambda s: 1.0, config,
-                                         np.full(BANDS, 0.3), np.full(BANDS, 0.15)))
-    new, _ = step(state, clean_batch(0), jax.random.key(1))
-    grads[accum] = jax.tree.map(lambda a, b: a - b, state.params, new.params)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7),
-               grads[1], grads[4])
+  step = jax.jit(train.make_train_step(model, tx, lambda s: 1.0, config,
+                                       np.full(BANDS, 0.3), np.full(BANDS, 0.15)))
+  new, metrics = step(state, clean_batch(0), jax.random.key(1))
+  grads = jax.tree.map(lambda a, b: a - b, state.params, new.params)
+  return jax.device_get(metrics), jax.device_get(grads)
+
+
+@pytest.fixture(scope="module")
+def reference():
+  return sgd_step(tiny_config.get())
+
+
+def assert_same(a, b, rtol, keys=("loss", "huber", "sam", "lsmm", "grad_norm")):
+  for k in keys:
+    np.testing.assert_allclose(a[0][k], b[0][k], rtol=rtol, atol=1e-7, err_msg=k)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-7),
+               a[1], b[1])
+
+
+def test_grad_accum_equals_one_big_batch(reference):
+  config = tiny_config.get()
+  config.train.grad_accum_steps = 4
+  assert_same(sgd_step(config), reference, rtol=1e-4)
 
 
 def test_grad_accum_validation_names_field():
@@ -72,28 +66,53 @@ def test_grad_accum_validation_names_field():
     config_lib.validate(config, num_devices=8)
 
 
-def test_remat_gives_same_loss_and_grads():
+def test_remat_gives_same_loss_and_grads(reference):
   config = tiny_config.get()
-  _, plain = run(config, steps=2)
   config.model.remat = True
-  _, remat = run(config, steps=2)
-  for a, b in zip(plain, remat):
-    for k in ("loss", "grad_norm"):
-      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=k)
+  assert_same(sgd_step(config), reference, rtol=1e-5)
 
 
-def test_bfloat16_steps_finite_and_close_to_float32():
+@pytest.fixture(scope="module")
+def bf16_run():
+  """Four AdamW steps in bfloat16; compile events heard after the first."""
   config = tiny_config.get()
-  _, f32 = run(config, steps=4)
   config.model.dtype = "bfloat16"
-  params, bf16 = run(config, steps=4)
-  for m in bf16:
+  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+  trainer = train.build_trainer(config, mesh, BANDS, np.full(BANDS, 0.3, np.float32),
+                                np.full(BANDS, 0.15, np.float32))
+  state = trainer.init(jax.random.key(0))
+  compiles, metrics = [], []
+  listener = lambda event, duration, **kw: compiles.append(event) if (
+      event == "/jax/core/compile/backend_compile_duration") else None
+  for s in range(4):  # New data, new step counter, donated state.
+    if s == 1:
+      jax.monitoring.register_event_duration_secs_listener(listener)
+    batch = sharding.put_batch(clean_batch(s), trainer.batch_sharding)
+    state, m = trainer.step(state, batch, jax.random.key(1))
+    metrics.append(jax.device_get(m))
+  try:
+    steps_compiled = len(compiles)
+    jax.jit(lambda x: x * 3 + 1)(np.arange(5.0))  # Control: the listener hears.
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return dict(metrics=metrics, params=jax.device_get(state.params),
+              steps_compiled=steps_compiled, control_compiled=len(compiles) - steps_compiled)
+
+
+def test_bfloat16_steps_finite_and_close_to_float32(bf16_run, reference):
+  for m in bf16_run["metrics"]:
     for k in ("loss", "huber", "sam", "lsmm", "grad_norm"):
       assert np.isfinite(m[k]), k
-  assert all(x.dtype == np.float32 for x in jax.tree.leaves(params))
-  for a, b in zip(f32, bf16):
-    for k in ("loss", "sam", "lsmm"):
-      np.testing.assert_allclose(a[k], b[k], rtol=0.03, err_msg=k)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf16_run["params"]))
+  # Step 1 sees the same init, batch and masks as the float32 reference.
+  for k in ("loss", "sam", "lsmm"):
+    np.testing.assert_allclose(bf16_run["metrics"][0][k], reference[0][k],
+                               rtol=0.03, err_msg=k)
+
+
+def test_step_compiles_once(bf16_run):
+  assert bf16_run["steps_compiled"] == 0
+  assert bf16_run["control_compiled"] == 1
 
 
 def test_cudnn_attention_needs_bfloat16():
@@ -101,31 +120,6 @@ def test_cudnn_attention_needs_bfloat16():
   config.model.attention = "cudnn"
   with pytest.raises(ValueError, match="config.model.attention"):
     config_lib.validate(config)
-
-
-def test_step_compiles_once():
-  config = tiny_config.get()
-  compiles = []
-  listener = lambda event, duration, **kw: compiles.append(event) if (
-      event == "/jax/core/compile/backend_compile_duration") else None
-  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
-  trainer = train.build_trainer(config, mesh, BANDS, np.full(BANDS, 0.3, np.float32),
-                                np.full(BANDS, 0.15, np.float32))
-  state = trainer.init(jax.random.key(0))
-  state, _ = trainer.step(state, sharding.put_batch(clean_batch(0), trainer.batch_sharding),
-                          jax.random.key(1))
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    for s in range(1, 4):  # New data, new step counter, donated state.
-      batch = sharding.put_batch(clean_batch(s), trainer.batch_sharding)
-      state, m = trainer.step(state, batch, jax.random.key(1))
-    jax.block_until_ready(m)
-    steps_compiled = len(compiles)
-    jax.jit(lambda x: x * 3 + 1)(np.arange(5.0))  # Control: the listener hears.
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  assert steps_compiled == 0
-  assert len(compiles) == 1
 
 
 @pytest.fixture(scope="module")
