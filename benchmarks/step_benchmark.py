@@ -177,8 +177,10 @@ def measure_step(c, preset, mesh, args):
   batch = synthetic_batch(np.random.default_rng(0), n, c.data.tile_size, bands,
                           trainer.batch_sharding)
   rng = jax.random.key(1)
+  t0 = time.perf_counter()
   compiled = trainer.step.lower(state, batch, rng).compile()
-  row = {"xla_flops_per_image": _xla_flops(compiled) / n,
+  row = {"compile_s": time.perf_counter() - t0,
+         "xla_flops_per_image": _xla_flops(compiled) / n,
          "compiled_bytes": _compiled_bytes(compiled)}
   for _ in range(args.warmup):
     state, metrics = compiled(state, batch, rng)
@@ -197,6 +199,11 @@ def measure_step(c, preset, mesh, args):
   loop_s = (time.perf_counter() - t0) / args.steps
   row.update(step_ms=1e3 * statistics.median(times), loop_ms=1e3 * loop_s,
              loss=float(metrics["loss"]))
+  if args.profile_dir and c.lsmm.enabled and not os.path.exists(args.profile_dir):
+    with jax.profiler.trace(args.profile_dir):  # First KARMA config only.
+      for _ in range(3):
+        state, metrics = compiled(state, batch, rng)
+      jax.block_until_ready((state, metrics))
   return row, (trainer, compiled, state, rng)
 
 
@@ -280,22 +287,25 @@ def markdown(result):
            f"grad_accum {meta['grad_accum']}; median of {meta['steps']} steps "
            f"after {meta['warmup']} warm-up",
            "- FLOPs/img: `model` = analytic matmul count x 3 (used for TFLOP/s and "
-           "MFU); `xla` = compiled step's cost_analysis()",
+           "MFU); `xla` = compiled step's cost_analysis(); peak mem = "
+           "memory_stats() peak of the process so far (n/a on CPU); step mem = "
+           "the compiled step's arguments + outputs + temporaries",
            "",
            "| model | batch | step ms | img/s | GFLOP/img model | GFLOP/img xla "
-           "| TFLOP/s | MFU | peak mem GB | step mem GB | KARMA overhead | status |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| TFLOP/s | MFU | peak mem GB | step mem GB | KARMA overhead | compile s | status |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     gb = lambda b: None if b is None else b / 1e9
     lines.append(
         f"| {r['model']} | {r['batch']} | {_fmt(r.get('step_ms'), '.2f')} "
         f"| {_fmt(r.get('images_per_s'), '.1f')} "
-        f"| {_fmt(r['model_flops_per_image'] / 1e9, '.2f')} "
-        f"| {_fmt(r.get('xla_flops_per_image', float('nan')) / 1e9, '.2f')} "
+        f"| {_fmt(r['model_flops_per_image'] / 1e9, '.4g')} "
+        f"| {_fmt(r.get('xla_flops_per_image', float('nan')) / 1e9, '.4g')} "
         f"| {_fmt(r.get('tflops'), '.3f')} | {_fmt(r.get('mfu'), '.1%')} "
         f"| {_fmt(gb(r.get('peak_bytes')), '.2f')} "
         f"| {_fmt(gb(r.get('compiled_bytes')), '.2f')} "
-        f"| {_fmt(r.get('overhead'), '+.1%')} | {r['status']} |")
+        f"| {_fmt(r.get('overhead'), '+.1%')} | {_fmt(r.get('compile_s'), '.1f')} "
+        f"| {r['status']} |")
   if result["pipeline"]:
     lines += ["", "End-to-end (KARMA, loop without per-step sync):", "",
               "| input | batch | img/s | vs synthetic | status |", "|---|---|---|---|---|"]
@@ -326,6 +336,8 @@ def run(argv=None):
   ap.add_argument("--data_dir", default="", help="benchmark build dir ('' -> $KGMAE_DATA_DIR)")
   ap.add_argument("--peak_tflops", type=float, default=None)
   ap.add_argument("--out", default=None, help="directory for benchmark.md/.json")
+  ap.add_argument("--profile_dir", default=None,
+                  help="jax.profiler trace of 3 KARMA steps (first batch size)")
   args = ap.parse_args(argv)
   preset = PRESETS[args.preset]
   args.steps = preset["steps"] if args.steps is None else args.steps
