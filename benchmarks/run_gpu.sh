@@ -3,7 +3,7 @@
 # orbax but without ml_collections/einops (pure-Python wheels brought in .whl/):
 #
 #   # here (has PyPI):  pip download --no-deps --only-binary=:all: -d .whl "ml_collections>=0.1.1,<2" "einops>=0.7,<0.9"
-#   # GPU machine:      bash benchmarks/run_gpu.sh OUT_DIR [extra step_benchmark.py flags]
+#   # GPU machine:      KGMAE_GIT_REVISION=<rev> bash benchmarks/run_gpu.sh OUT_DIR [flags]
 #
 # Runs the reference preset (batches 64, 128, 256; KARMA and MAE) with XLA
 # attention, then with cuDNN attention, into OUT_DIR/{xla,cudnn}/.

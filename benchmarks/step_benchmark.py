@@ -260,6 +260,8 @@ def measure_inputs(c, handles, karma_row, args):
 
 
 def _git_revision():
+  if os.environ.get("KGMAE_GIT_REVISION"):  # Copies without .git (device tool).
+    return os.environ["KGMAE_GIT_REVISION"]
   try:
     root = pathlib.Path(__file__).resolve().parents[1]
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
