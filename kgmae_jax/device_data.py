@@ -16,6 +16,8 @@ H100s (80 GB) or 2 H200s (141 GB) beside the model, or a TPU v5p-16 slice and
 up; the embedded benchmark's 1,024 tiles of 64 x 64 are 3.7 GB and fit anywhere.
 """
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +25,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from kgmae_jax import data
+from kgmae_jax import sharding
 
 
 def batch_indices(num_tiles, global_batch, *, seed, start_step=0,
@@ -91,3 +94,15 @@ def train_batches(data_cfg, batch_sharding, global_batch, *, seed,
                            process_count=jax.process_count()):
     idx = jax.make_array_from_callback(idx.shape, replicated, lambda i, v=idx: v[i])
     yield gather(resident, idx)
+
+
+def prefetch(batches, batch_sharding, size=2):
+  """Host batches -> device batches, `size` transfers in flight ahead of use
+  (device_put is asynchronous, so copies overlap the running step)."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(sharding.put_batch(batch, batch_sharding))
+    if len(queue) >= size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

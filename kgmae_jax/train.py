@@ -218,15 +218,17 @@ def _initial_endmembers(config, wavelengths):
 
 
 def _train_batches(config, per_process, start, batch_sharding):
-  """Host batches from grain, or device batches with data.device_resident."""
+  """Device batches: grain's, copied two steps ahead, or gathered on device
+  with data.device_resident."""
   from kgmae_jax import data, device_data  # pylint: disable=g-import-not-at-top
   if config.data.device_resident:
     return device_data.train_batches(
         config.data, batch_sharding, config.train.batch_size, seed=config.seed,
         start_step=start)
-  return data.train_iterator(
+  return device_data.prefetch(data.train_iterator(
       config.data, per_process, seed=config.seed, start_step=start,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count()),
+      batch_sharding)
 
 
 def _log_line(step, total, scalars, rate):

@@ -36,7 +36,7 @@ def gathered_shapes(hlo_text, op):
   return shapes
 
 
-def run(fsdp, devices, steps=3):
+def run(fsdp, devices, steps=2):
   config = tiny_config.get()
   config.train.batch_size = BATCH
   config.mesh.fsdp = fsdp

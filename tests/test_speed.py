@@ -160,3 +160,14 @@ def test_process_count_check():
   sharding.check_process_count("1")
   with pytest.raises(RuntimeError, match="Expected 4 JAX processes"):
     sharding.check_process_count(4)
+
+
+def test_prefetch_yields_every_batch_in_order_on_device():
+  mesh = sharding.make_mesh(config_lib.base_config().mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
+  host = [clean_batch(s) for s in range(5)]
+  out = list(device_data.prefetch(iter(host), batch_sharding, size=2))
+  assert len(out) == 5
+  for h, d in zip(host, out):
+    assert isinstance(d["cube"], jax.Array) and d["cube"].sharding == batch_sharding
+    np.testing.assert_array_equal(np.asarray(d["cube"]), h["cube"])
