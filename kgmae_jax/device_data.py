@@ -14,6 +14,9 @@ What fits (tile 224 x 224 x 218, float32 as stored here: 43.8 MB; the valid
 mask adds 0.05 MB): the paper's ~5,000 tiles are 219 GB, so they need >= 4
 H100s (80 GB) or 2 H200s (141 GB) beside the model, or a TPU v5p-16 slice and
 up; the embedded benchmark's 1,024 tiles of 64 x 64 are 3.7 GB and fit anywhere.
+
+`prefetch` serves the other case: host batches (grain) copied to device a few
+steps ahead of use.
 """
 
 import collections
