@@ -27,6 +27,7 @@ def base_config():
   c.data.num_bands = 0  # Expected band count; 0 takes it from the data set.
   c.data.num_workers = 0  # grain reader threads; 0 reads in the main thread.
   c.data.prefetch = 2  # Batches read ahead.
+  c.data.device_resident = False  # Train tiles uploaded once; batches gathered on device.
 
   c.model = ml_collections.ConfigDict()
   c.model.patch_size = 16  # Pixels per patch edge (paper: 16).
@@ -39,7 +40,7 @@ def base_config():
   c.model.mlp_ratio = 4.0  # MLP hidden width / model width.
   c.model.mask_ratio = 0.75  # Fraction of tokens hidden from the encoder.
   c.model.dtype = "float32"  # Compute dtype: float32 or bfloat16.
-  c.model.attention = "auto"  # auto (XLA picks), xla or cudnn.
+  c.model.attention = "auto"  # auto (= xla today), xla or cudnn (GPU, bfloat16 only).
   c.model.remat = False  # Rematerialise transformer blocks (saves memory).
 
   c.lsmm = ml_collections.ConfigDict()
@@ -72,6 +73,7 @@ def base_config():
   c.train.log_every = 50  # Steps between metric logs.
   c.train.on_nonfinite = "error"  # NaN/inf loss: 'error' stops, 'skip' drops the update.
   c.train.max_skipped_in_a_row = 10  # With 'skip': consecutive bad steps before giving up.
+  c.train.grad_accum_steps = 1  # Microbatches per step (lax.scan); grads averaged.
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the batch axis; -1: all left after fsdp.
@@ -123,6 +125,8 @@ def validate(c, num_devices=None, num_bands=None):
   need(m.dtype in _DTYPES, "model.dtype", f"one of {_DTYPES}, got {m.dtype!r}.")
   need(m.attention in _ATTENTION, "model.attention",
        f"one of {_ATTENTION}, got {m.attention!r}.")
+  need(m.attention != "cudnn" or m.dtype == "bfloat16", "model.attention",
+       "cudnn attention needs model.dtype='bfloat16'.")
   need(c.lsmm.num_endmembers >= 1, "lsmm.num_endmembers",
        f"must be >= 1, got {c.lsmm.num_endmembers}.")
   need(c.lsmm.init in _INITS, "lsmm.init", f"one of {_INITS}, got {c.lsmm.init!r}.")
@@ -142,6 +146,10 @@ def validate(c, num_devices=None, num_bands=None):
        f"one of {_NONFINITE}, got {c.train.on_nonfinite!r}.")
   need(c.train.max_skipped_in_a_row >= 1, "train.max_skipped_in_a_row",
        "must be >= 1.")
+  accum = c.train.grad_accum_steps
+  need(accum >= 1, "train.grad_accum_steps", f"must be >= 1, got {accum}.")
+  need(c.train.batch_size % accum == 0, "train.grad_accum_steps",
+       f"{accum} does not divide train.batch_size={c.train.batch_size}.")
   need(c.ckpt.every_steps >= 1, "ckpt.every_steps", "must be >= 1.")
   need(c.ckpt.keep >= 1, "ckpt.keep", "must be >= 1.")
   need(c.mesh.fsdp >= 1, "mesh.fsdp", "must be >= 1.")
@@ -153,6 +161,9 @@ def validate(c, num_devices=None, num_bands=None):
          f"mesh.data={data} x mesh.fsdp={c.mesh.fsdp} != {num_devices} devices.")
     need(c.train.batch_size % num_devices == 0, "train.batch_size",
          f"{c.train.batch_size} is not divisible by the {num_devices} devices.")
+    need(c.train.batch_size % (num_devices * accum) == 0,
+         "train.grad_accum_steps", f"batch {c.train.batch_size} / {accum} "
+         f"microbatches is not divisible by the {num_devices} devices.")
   if num_bands is not None:
     need(num_bands >= 1, "data", "the data set has no bands.")
     need(c.data.num_bands in (0, num_bands), "data.num_bands",

@@ -5,7 +5,8 @@ r"""Entry point: pretrain and evaluate from a config file.
 Any field can be overridden, e.g. `--config.train.steps=100`. Rerunning with
 the same --workdir resumes from its latest checkpoint. On a multi-host pod set
 KGMAE_DISTRIBUTED=1 (or run under a launcher that sets the JAX coordinator
-variables) so `jax.distributed.initialize()` is called first.
+variables) so `jax.distributed.initialize()` is called first; set
+KGMAE_EXPECTED_PROCESSES=N to fail fast unless N processes joined.
 """
 
 import os
@@ -32,7 +33,8 @@ def main(argv):
   config_lib.validate(_CONFIG.value)  # Fail fast, before any import or build.
   if os.environ.get("KGMAE_DISTRIBUTED") == "1":
     jax.distributed.initialize()
-  from kgmae_jax import train  # pylint: disable=g-import-not-at-top
+  from kgmae_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  sharding.check_process_count(os.environ.get("KGMAE_EXPECTED_PROCESSES"))
   try:
     summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except train.Preempted as e:

@@ -151,10 +151,13 @@ class KarmaMAE(nn.Module):
                        f"{self.num_bands} (model.num_bands).")
     p = self.patch_size
     grid = (h // p, w // p)
-    tokens = self.embed(patching.patchify(x, p).astype(self.dtype))
-    tokens = tokens + sincos_2d(grid, self.width).astype(self.dtype)
-    if ids_keep is not None:
-      tokens = patching.gather_tokens(tokens, ids_keep)
+    patches = patching.patchify(x, p)
+    pos = jnp.broadcast_to(sincos_2d(grid, self.width), (n,) + patches.shape[1:2]
+                           + (self.width,))
+    if ids_keep is not None:  # Gather first: only visible patches are embedded.
+      patches = patching.gather_tokens(patches, ids_keep)
+      pos = patching.gather_tokens(pos, ids_keep)
+    tokens = self.embed(patches.astype(self.dtype)) + pos.astype(self.dtype)
     return self.encoder(tokens)
 
   def decode(self, latent, ids_restore):

@@ -58,6 +58,25 @@ def state_sharding(mesh, abstract_tree):
 
 
 def put_batch(batch, sharding):
-  """Host numpy batch (this process's rows) -> global jax arrays."""
+  """Host numpy batch (this process's rows) -> global jax arrays.
+
+  Arrays already on device (`data.device_resident` batches) pass through.
+  """
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+      lambda x: x if isinstance(x, jax.Array) else
+      jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def check_process_count(expected):
+  """Raises RuntimeError unless `expected` (int or str; '' or None: any)
+  equals jax.process_count(); call after jax.distributed.initialize()."""
+  if expected is None or str(expected).strip() == "":
+    return
+  expected, got = int(expected), jax.process_count()
+  if got != expected:
+    raise RuntimeError(
+        f"Expected {expected} JAX processes (KGMAE_EXPECTED_PROCESSES) but "
+        f"jax.distributed.initialize() joined {got} (process "
+        f"{jax.process_index()}, {jax.device_count()} global devices). Check "
+        "that every host ran the command (--worker=all / srun --ntasks) and "
+        "the coordinator address.")

@@ -26,15 +26,13 @@ from etils import epath
 
 from kgmae_jax import checkpoint as ckpt_lib
 from kgmae_jax import config_lib
-from kgmae_jax import data
-from kgmae_jax import evaluate
 from kgmae_jax import losses
 from kgmae_jax import model as model_lib
 from kgmae_jax import patching
-from kgmae_jax import plots
 from kgmae_jax import report
 from kgmae_jax import sharding
-from kgmae_jax import unmixing
+# data, evaluate, plots, unmixing (grain, TFDS, matplotlib) are imported where
+# used, so `build_trainer` needs only jax/flax/optax/orbax (benchmarks/).
 
 
 @flax.struct.dataclass
@@ -127,6 +125,16 @@ def make_train_step(model, tx, schedule, config, mean, std):
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
   mask_ratio = config.model.mask_ratio
+  accum = config.train.grad_accum_steps
+
+  def loss_fn(params, mb):
+    res = model_lib.forward(model, params, mb["cube"], mb["valid"],
+                            mb["ids_keep"], mb["ids_restore"], mean, std)
+    return loss_terms(res, mb["token_mask"], lsmm=model.lsmm,
+                      loss_cfg=config.loss, lsmm_cfg=config.lsmm, mean=mean,
+                      std=std)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def train_step(state, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
@@ -135,13 +143,26 @@ def make_train_step(model, tx, schedule, config, mean, std):
     num_tokens = (h // model.patch_size) * (w // model.patch_size)
     ids_keep, ids_restore, token_mask = patching.random_masking(
         rng, n, num_tokens, mask_ratio)
+    full = dict(cube=cube, valid=valid, ids_keep=ids_keep,
+                ids_restore=ids_restore, token_mask=token_mask)
+    if accum == 1:
+      (total, aux), grads = grad_fn(state.params, full)
+    else:
+      # Gradient accumulation: microbatch j holds rows j, j + accum, ... so
+      # every device keeps its own rows; masks are drawn for the full batch.
+      # Loss and grads are the mean over microbatches, equal to one big batch
+      # when microbatches hold equally many valid masked pixels (no nodata).
+      micro = jax.tree.map(lambda x: jnp.swapaxes(
+          x.reshape(n // accum, accum, *x.shape[1:]), 0, 1), full)
+      zeros = jax.tree.map(
+          lambda s: jnp.zeros(s.shape, s.dtype),
+          jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro)))
 
-    def loss_fn(params):
-      res = model_lib.forward(model, params, cube, valid, ids_keep, ids_restore, mean, std)
-      return loss_terms(res, token_mask, lsmm=model.lsmm, loss_cfg=config.loss,
-                        lsmm_cfg=config.lsmm, mean=mean, std=std)
+      def accumulate(carry, mb):
+        return jax.tree.map(jnp.add, carry, grad_fn(state.params, mb)), None
 
-    (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      summed, _ = jax.lax.scan(accumulate, zeros, micro)
+      (total, aux), grads = jax.tree.map(lambda x: x / accum, summed)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(aux)
@@ -192,6 +213,7 @@ def build_trainer(config, mesh, num_bands, mean, std, endmembers=None):
 
 def _initial_endmembers(config, wavelengths):
   """(B, M) endmember init for lsmm.init = library | data; None for random."""
+  from kgmae_jax import data, unmixing  # pylint: disable=g-import-not-at-top
   if not config.lsmm.enabled or config.lsmm.init == "random":
     return None
   m = config.lsmm.num_endmembers
@@ -200,6 +222,20 @@ def _initial_endmembers(config, wavelengths):
   pixels = next(data.eval_batches(config.data, "train", batch_size=64))
   cube = pixels["cube"][pixels["valid"]]
   return unmixing.farthest_angle_pixels(cube, m).T
+
+
+def _train_batches(config, per_process, start, batch_sharding):
+  """Device batches: grain's, copied two steps ahead, or gathered on device
+  with data.device_resident."""
+  from kgmae_jax import data, device_data  # pylint: disable=g-import-not-at-top
+  if config.data.device_resident:
+    return device_data.train_batches(
+        config.data, batch_sharding, config.train.batch_size, seed=config.seed,
+        start_step=start)
+  return device_data.prefetch(data.train_iterator(
+      config.data, per_process, seed=config.seed, start_step=start,
+      process_index=jax.process_index(), process_count=jax.process_count()),
+      batch_sharding)
 
 
 def _log_line(step, total, scalars, rate):
@@ -278,6 +314,7 @@ def train_and_evaluate(config, workdir):
   FloatingPointError (before any checkpoint past the last good step) when a
   loss term goes non-finite with train.on_nonfinite='error'.
   """
+  from kgmae_jax import data, evaluate, plots  # pylint: disable=g-import-not-at-top
   workdir = ckpt_lib.absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -331,9 +368,7 @@ def train_and_evaluate(config, workdir):
 
   # Loop.
   per_process = config.train.batch_size // jax.process_count()
-  batches = data.train_iterator(
-      config.data, per_process, seed=config.seed, start_step=start,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  batches = _train_batches(config, per_process, start, trainer.batch_sharding)
   writer = report.MetricWriter(workdir, resume_step=start, enabled=is_main)
   skip = config.train.on_nonfinite == "skip"
   window, unchecked, last_log, t0 = [], [], start, time.perf_counter()

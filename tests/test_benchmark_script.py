@@ -1,0 +1,70 @@
+"""benchmarks/step_benchmark.py: the tiny preset runs on CPU, writes the table
+and JSON, and its synthetic path imports no grain/TFDS/matplotlib."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Absent on the GPU machine: the synthetic path must not need them.
+BLOCKED = ("grain", "tensorflow_datasets", "tensorflow", "array_record",
+           "matplotlib", "tensorboardX")
+RUNNER = """
+import runpy, sys
+class Block:
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in {blocked!r}:
+      raise ImportError("blocked: " + name, name=name.split(".")[0])
+sys.meta_path.insert(0, Block())
+sys.argv = {argv!r}
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def test_tiny_preset_writes_table_and_json(tmp_path):
+  script = str(ROOT / "benchmarks" / "step_benchmark.py")
+  argv = [script, "--preset", "tiny", "--batch_sizes", "2", "--steps", "2",
+          "--warmup", "1", "--out", str(tmp_path)]
+  code = RUNNER.format(blocked=BLOCKED, argv=argv, script=script)
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads((tmp_path / "benchmark.json").read_text())
+  meta = result["meta"]
+  assert meta["platform"] == "cpu" and meta["peak_tflops"] is None
+  for key in ("jax_version", "git_revision", "command", "device_kind", "setting"):
+    assert meta[key], key
+  rows = {r["model"]: r for r in result["rows"]}
+  assert set(rows) == {"karma", "mae"}
+  for r in rows.values():
+    assert r["status"] == "ok" and r["batch"] == 2
+    assert r["step_ms"] > 0 and r["images_per_s"] > 0
+    assert r["xla_flops_per_image"] > 0 and r["model_flops_per_image"] > 0
+    assert r["mfu"] is None and r["compiled_bytes"] > 0
+  # The LSMM head adds FLOPs; overhead is KARMA / MAE step time - 1.
+  assert rows["karma"]["model_flops_per_image"] > rows["mae"]["model_flops_per_image"]
+  assert abs(rows["karma"]["overhead"] - (
+      rows["karma"]["step_ms"] / rows["mae"]["step_ms"] - 1)) < 1e-9
+  inputs = {p["input"]: p for p in result["pipeline"]}
+  assert inputs["synthetic (device-resident)"]["images_per_s"] > 0
+  assert inputs["grain pipeline (host -> device)"]["status"].startswith("skipped: grain")
+  table = (tmp_path / "benchmark.md").read_text()
+  assert "| model | batch | step ms | img/s |" in table and "| karma | 2 |" in table
+  assert "| mae | 2 |" in table and "MFU" in table and table in out.stdout
+
+
+def test_analytic_flops_match_hand_count():
+  sys.path.insert(0, str(ROOT))
+  from benchmarks import step_benchmark as sb  # pylint: disable=g-import-not-at-top
+  preset = dict(sb.PRESETS["reference"])
+  c = sb.make_config(preset, lsmm=False, batch_size=64, dtype="bfloat16",
+                     attention="auto", remat=False, grad_accum=1)
+  # ViT-MAE at 224/16: L = 196 tokens, K = 49 visible, p*p*B = 55808 pixels.
+  hand = (49 * 55808 * 512 + 12 * (49 * 12 * 512**2 + 2 * 49**2 * 512)
+          + 49 * 512 * 512 + 8 * (196 * 12 * 512**2 + 2 * 196**2 * 512)
+          + 196 * 512 * 55808)
+  assert sb.analytic_flops_per_image(c, 218) == 6 * hand
+  c.lsmm.enabled = True
+  extra = 196 * (512 * 256 + 256 * 8) + 196 * 8 * 218
+  assert sb.analytic_flops_per_image(c, 218) == 6 * (hand + extra)
