@@ -208,7 +208,7 @@ def write_geotiff(path, array, *, crs, transform, factor=1, descriptions=()):
   import rasterio  # pylint: disable=g-import-not-at-top
   from rasterio import transform as rio_transform  # pylint: disable=g-import-not-at-top
   h, w, c = array.shape
-  affine = rio_transform.Affine(*transform) * rio_transform.Affine.scale(factor)
+  affine = rio_transform.Affine(*transform) @ rio_transform.Affine.scale(factor)
   profile = dict(driver='GTiff', height=h, width=w, count=c, dtype='float32',
                  nodata=np.nan, transform=affine, compress='deflate',
                  crs=crs or None)
