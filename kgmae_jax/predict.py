@@ -210,8 +210,9 @@ def write_geotiff(path, array, *, crs, transform, factor=1, descriptions=()):
   h, w, c = array.shape
   affine = rio_transform.Affine(*transform) @ rio_transform.Affine.scale(factor)
   profile = dict(driver='GTiff', height=h, width=w, count=c, dtype='float32',
-                 nodata=np.nan, transform=affine, compress='deflate',
-                 crs=crs or None)
+                 nodata=np.nan, compress='deflate')
+  if crs or tuple(transform) != scene_lib.IDENTITY:  # Else pixel coordinates.
+    profile.update(transform=affine, crs=crs or None)
   if h >= 16 and w >= 16:
     profile.update(tiled=True, blockxsize=min(256, w // 16 * 16),
                    blockysize=min(256, h // 16 * 16))

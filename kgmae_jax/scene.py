@@ -16,7 +16,8 @@ Tiling (`tile_grid`): the bottom `test_fraction` of each scene's rows is the
 `test` split, the rest `train`; tiles of `tile_size` step by
 `tile_size - tile_overlap` inside each part (the last tile of a row or column
 is shifted to end at the border), so test tiles never overlap train tiles.
-Tiles with fewer than `min_valid_fraction` valid pixels are dropped.
+Tiles with fewer than `min_valid_fraction` valid pixels are dropped; every
+kept tile's values must look like reflectance (`check_reflectance`).
 
   python -m kgmae_jax.main --config configs/own_scene.py \
       --config.data.scene=/path/cube.tif --workdir runs/own
@@ -304,7 +305,6 @@ def generate_tiles(scenes, split, c, *, scale_field, nodata_field,
     h, w, _ = s.shape
     grid = tile_grid(h, w, c.tile_size, c.tile_overlap, c.test_fraction)[split]
     empty = sparse = 0
-    checked = False
     for row, col in grid:
       cube, valid = s.read(row, col, c.tile_size, c.tile_size)
       frac = valid.mean()
@@ -314,10 +314,10 @@ def generate_tiles(scenes, split, c, *, scale_field, nodata_field,
       if frac < c.min_valid_fraction:
         sparse += 1
         continue
-      if not checked:
-        check_reflectance(cube[valid], scale_field=scale_field,
-                          nodata_field=nodata_field, where=s.name)
-        checked = True
+      values = cube[valid]
+      check_reflectance(values[::max(1, values.size // 100_000)],
+                        scale_field=scale_field, nodata_field=nodata_field,
+                        where=f'{s.name} tile ({row}, {col})')
       yield f'{tile_id:08d}', {
           'cube': cube, 'crs': s.crs, 'scene': s.name,
           'transform': np.asarray(window_transform(s.transform, row, col)),
