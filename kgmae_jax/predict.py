@@ -17,7 +17,8 @@ input pixels are NaN (the GeoTIFF nodata) in the output.
                   endmember, reflectance) and `<output>_endmembers.png`;
   embeddings      (H/p, W/p, D) encoder tokens, on the patch grid (the
                   GeoTIFF's pixels are p x p input pixels);
-  reconstruction  (H, W, B) the decoder's reflectance, no masking.
+  reconstruction  (H, W, B) the decoder's reflectance, no masking;
+  figure          a PNG, see `kgmae_jax/visualize.py` (--pixels, --window).
 """
 
 import pathlib
@@ -246,6 +247,36 @@ def write_endmembers(stem, endmembers, wavelengths_nm):
   return csv_path, png_path
 
 
+def predict_array(model, params, meta, reader, what, *, tile=None,
+                  overlap=None, batch_size=8, window=None):
+  """`what` over the reader's image (or `window` = (row, col, h, w) of it).
+
+  Returns (H, W, C) float32 (patch grid for embeddings), NaN where no input.
+  """
+  p = model.patch_size
+  tile = tile or meta['config']['data']['tile_size']
+  overlap = tile // 4 if overlap is None else overlap
+  if tile % p:
+    raise ValueError(f'--tile={tile} must be a multiple of the patch size {p}.')
+  stride = max(p, (tile - overlap) // p * p)
+  r0, c0, h, w = window or (0, 0) + tuple(reader.shape[:2])
+  apply_fn = make_apply_fn(model, params, meta['band_mean'], meta['band_std'],
+                           what)
+  checked = []
+
+  def read(row, col, size):
+    cube, valid = reader.read(r0 + row, c0 + col, size, size)
+    if not checked and valid.any():
+      scene_lib.check_reflectance(cube[valid], scale_field='--scale',
+                                  nodata_field='--nodata', where=reader.name)
+      checked.append(True)
+    return cube, valid
+
+  return tiled_predict(read, h, w, apply_fn, tile=tile, stride=stride,
+                       factor=p if what == 'embeddings' else 1,
+                       batch_size=batch_size)
+
+
 def run(workdir, input_path, output, *, what='abundances', tile=None,
         overlap=None, batch_size=8, scale=None, nodata=None, wavelengths='',
         step=None):
@@ -258,28 +289,9 @@ def run(workdir, input_path, output, *, what='abundances', tile=None,
   reader = open_input(input_path, config, scale=scale, nodata=nodata,
                       wavelengths=wavelengths)
   check_bands(reader, meta, workdir)
-  p = model.patch_size
-  tile = tile or config.data.tile_size
-  overlap = tile // 4 if overlap is None else overlap
-  stride = max(p, (tile - overlap) // p * p)
-  if tile % p:
-    raise ValueError(f'--tile={tile} must be a multiple of the patch size {p}.')
-  h, w, _ = reader.shape
-  factor = p if what == 'embeddings' else 1
-  apply_fn = make_apply_fn(model, params, meta['band_mean'], meta['band_std'],
-                           what)
-  checked = []
-
-  def read(row, col, size):
-    cube, valid = reader.read(row, col, size, size)
-    if not checked and valid.any():
-      scene_lib.check_reflectance(cube[valid], scale_field='--scale',
-                                  nodata_field='--nodata', where=reader.name)
-      checked.append(True)
-    return cube, valid
-
-  out = tiled_predict(read, h, w, apply_fn, tile=tile, stride=stride,
-                      factor=factor, batch_size=batch_size)
+  out = predict_array(model, params, meta, reader, what, tile=tile,
+                      overlap=overlap, batch_size=batch_size)
+  factor = model.patch_size if what == 'embeddings' else 1
   wl = np.asarray(meta['wavelengths_nm'], np.float64)
   names = {'abundances': [f'endmember {j}' for j in range(out.shape[-1])],
            'reconstruction': [f'{x:.1f} nm' for x in wl],
@@ -315,6 +327,10 @@ _NODATA = flags.DEFINE_float('nodata', None, 'Input nodata value; default the '
 _WAVELENGTHS = flags.DEFINE_string('wavelengths', '', 'Band centres file '
                                    '(one per line) for .npy inputs.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default latest.')
+_PIXELS = flags.DEFINE_string('pixels', '', 'figure: row,col;row,col;... in '
+                              'the window (default: three valid pixels).')
+_WINDOW = flags.DEFINE_string('window', '', 'figure: row,col,height,width '
+                              '(default: centred, at most 256 px).')
 
 
 def main(argv):
@@ -322,9 +338,14 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _WHAT.value == 'figure':
     from kgmae_jax import visualize  # pylint: disable=g-import-not-at-top
+    pixels = [tuple(int(v) for v in p.split(',')) for p in
+              _PIXELS.value.split(';') if p.strip()]
+    window = (tuple(int(v) for v in _WINDOW.value.split(','))
+              if _WINDOW.value else None)
     visualize.figure(_WORKDIR.value, _INPUT.value, _OUTPUT.value,
-                     scale=_SCALE.value, nodata=_NODATA.value,
-                     wavelengths=_WAVELENGTHS.value)
+                     pixels=pixels or None, window=window, scale=_SCALE.value,
+                     nodata=_NODATA.value, wavelengths=_WAVELENGTHS.value,
+                     tile=_TILE.value)
     return
   run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, what=_WHAT.value,
       tile=_TILE.value, overlap=_OVERLAP.value, batch_size=_BATCH.value,

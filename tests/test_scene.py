@@ -186,3 +186,18 @@ def test_predict_on_raw_values_names_the_flag(run, files, tmp_path):
   with pytest.raises(ValueError, match=r'--scale: median value'):
     predict.run(run['workdir'], files['root'] / 'cube.tif', tmp_path / 'o.tif',
                 scale=1.0)
+
+
+def test_figure(run, files, tmp_path):
+  from kgmae_jax import visualize  # pylint: disable=g-import-not-at-top
+  out = visualize.figure(run['workdir'], files['root'] / 'cube.tif',
+                         tmp_path / 'fig.png', pixels=[(30, 3), (20, 40)],
+                         window=(8, 0, 40, 44), tile=16)
+  assert (tmp_path / 'fig.png').stat().st_size > 10_000
+  assert out['reconstruction'].shape == (40, 44, 198)
+  np.testing.assert_array_equal(out['valid'], files['valid'][8:48, :44])
+  # De-normalised: reflectance of the same order as the input.
+  v = out['valid']
+  assert 0.2 < np.median(out['reconstruction'][v]) / np.median(
+      out['cube'][v]) < 5
+  np.testing.assert_allclose(out['abundances'][v].sum(-1), 1.0, atol=1e-5)
