@@ -29,6 +29,7 @@ are `scene.py`'s; `config.data.reflectance_scale` > 0 replaces the gains
 """
 
 import dataclasses
+import functools
 import os
 import pathlib
 import zipfile
@@ -172,14 +173,16 @@ class L2AProduct:
     cube[~valid] = np.nan
     return cube, valid
 
-  def finish(self):
-    """Warns if the water-vapour bands held data where fill was expected."""
-    if self._dropped_not_fill:
+  def finish(self, warn=True, count=None):
+    """Values of the water-vapour bands that were not fill in the windows
+    read; logs a warning if any (or if `count`, summed elsewhere, is > 0)."""
+    count = self._dropped_not_fill if count is None else count
+    if warn and count:
       logging.warning(
           '%s: bands %s (1-based) are expected to be all fill (%d) but %d '
           'values are not; they are dropped anyway.', self.name,
-          enmap.DROPPED_BANDS, FILL, self._dropped_not_fill)
-    return self._dropped_not_fill
+          enmap.DROPPED_BANDS, FILL, count)
+    return count
 
   def close(self):
     for f in [self._src] + self._quality:
@@ -232,7 +235,7 @@ class L2AConfig(tfds.core.BuilderConfig):
     self.description = f'EnMAP L2A tiles of {len(self.products)} products.'
 
 
-class EnmapL2ABuilder(tfds.core.GeneratorBasedBuilder):
+class EnmapL2ABuilder(tfds.core.ShardBasedBuilder):
   """TFDS builder of EnMAP L2A tiles (`config.data.name = 'enmap_l2a'`)."""
 
   name = 'enmap_l2a'
@@ -260,10 +263,9 @@ class EnmapL2ABuilder(tfds.core.GeneratorBasedBuilder):
         description=__doc__,
         features=scene.tile_features(self.builder_config.tile_size,
                                      len(_KEPT)),
-        metadata=tfds.core.MetadataDict(),
-        disable_shuffling=True)
+        metadata=tfds.core.MetadataDict())
 
-  def _split_generators(self, dl_manager):
+  def _shard_iterators_per_split(self, dl_manager):
     try:
       manual = dl_manager.manual_dir
     except AssertionError as e:
@@ -276,15 +278,13 @@ class EnmapL2ABuilder(tfds.core.GeneratorBasedBuilder):
     self.info.metadata['fwhm_nm'] = first.fwhm_nm.tolist()
     self.info.metadata['scenes'] = [r.name for r in refs]
     first.close()
-    opens = [lambda r=r: L2AProduct(r, c.reflectance_scale) for r in refs]
-    out = {'train': self._generate_examples(opens, 'train')}
-    if c.test_fraction > 0:
-      out['test'] = self._generate_examples(opens, 'test')
+    opens = [functools.partial(L2AProduct, r, c.reflectance_scale)
+             for r in refs]
+    kw = dict(scale_field='config.data.reflectance_scale',
+              nodata_field='config.data.reflectance_scale',
+              empty_field='config.data.min_valid_fraction')
+    out = {'train': scene.tile_shards(opens, 'train', c, **kw)}
+    test = scene.tile_shards(opens, 'test', c, **kw)
+    if test:
+      out['test'] = test
     return out
-
-  def _generate_examples(self, opens, split):
-    return scene.generate_tiles(
-        opens, split, self.builder_config,
-        scale_field='config.data.reflectance_scale',
-        nodata_field='config.data.reflectance_scale',
-        empty_field='config.data.min_valid_fraction')

@@ -24,6 +24,7 @@ kept tile's values must look like reflectance (`check_reflectance`).
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -286,52 +287,87 @@ def tile_features(tile_size, num_bands):
   })
 
 
-def generate_tiles(scenes, split, c, *, scale_field, nodata_field,
-                   empty_field=None):
-  """Yields (key, tile) of `split` from every scene (see the module doc).
+def tile_shards(scenes, split, c, *, scale_field, nodata_field,
+                empty_field=None):
+  """Example generators of `split`, one per (scene, tile row): the shards.
+
+  One shard per tile row bounds what TFDS holds while writing a shard (it
+  keeps that shard's examples until it has counted them) to one row of tiles.
 
   Args:
-    scenes: callables returning an opened reader (opened one at a time).
+    scenes: callables returning an opened reader.
     split: 'train' or 'test'.
     c: the builder config (tile_size, tile_overlap, min_valid_fraction,
       test_fraction).
     scale_field / nodata_field: settings named by the reflectance check.
     empty_field: setting named when no train tile is kept (nodata_field).
+
+  Returns:
+    A list of callables, each returning an iterator of (key, tile); keys and
+    `tile_id` are scene << 40 | row << 20 | col.
   """
   empty_field = empty_field or nodata_field
-  tile_id = 0
-  for open_fn in scenes:
+  kw = dict(c=c, split=split, scale_field=scale_field,
+            nodata_field=nodata_field, empty_field=empty_field,
+            counts={'kept': 0})
+  shards = []
+  for index, open_fn in enumerate(scenes):
     s = open_fn()
     h, w, _ = s.shape
-    grid = tile_grid(h, w, c.tile_size, c.tile_overlap, c.test_fraction)[split]
-    empty = sparse = 0
-    for row, col in grid:
-      cube, valid = s.read(row, col, c.tile_size, c.tile_size)
-      frac = valid.mean()
-      if frac == 0:
-        empty += 1
-        continue
-      if frac < c.min_valid_fraction:
-        sparse += 1
-        continue
-      values = cube[valid]
-      check_reflectance(values[::max(1, values.size // 100_000)],
-                        scale_field=scale_field, nodata_field=nodata_field,
-                        where=f'{s.name} tile ({row}, {col})')
-      yield f'{tile_id:08d}', {
-          'cube': cube, 'crs': s.crs, 'scene': s.name,
-          'transform': np.asarray(window_transform(s.transform, row, col)),
-          'row': np.int32(row), 'col': np.int32(col),
-          'tile_id': np.int64(tile_id)}
-      tile_id += 1
-    finish = getattr(s, 'finish', None)
-    if finish is not None:
-      finish()
     s.close()
+    grid = tile_grid(h, w, c.tile_size, c.tile_overlap, c.test_fraction)[split]
+    rows = sorted({r for r, _ in grid})
+    for k, row in enumerate(rows):
+      shards.append(functools.partial(
+          _row_tiles, open_fn, index, row, [cc for r, cc in grid if r == row],
+          scene_done=k == len(rows) - 1,
+          last=index == len(scenes) - 1 and k == len(rows) - 1, **kw))
+  if split == 'train' and not shards:
+    raise ValueError(
+        f'config.data.tile_size: {c.tile_size} leaves no train tile in scenes '
+        f'of these sizes (test_fraction={c.test_fraction}).')
+  return shards
+
+
+def _row_tiles(open_fn, index, row, cols, *, c, split, scale_field,
+               nodata_field, empty_field, counts, scene_done, last):
+  """Yields the kept tiles of one tile row of one scene (see tile_shards)."""
+  s = open_fn()
+  stats = counts.setdefault(s.name, {'positions': 0, 'empty': 0, 'sparse': 0,
+                                     'dropped_not_fill': 0})
+  for col in cols:
+    stats['positions'] += 1
+    cube, valid = s.read(row, col, c.tile_size, c.tile_size)
+    frac = valid.mean()
+    if frac == 0:
+      stats['empty'] += 1
+      continue
+    if frac < c.min_valid_fraction:
+      stats['sparse'] += 1
+      continue
+    values = cube[valid]
+    check_reflectance(values[::max(1, values.size // 100_000)],
+                      scale_field=scale_field, nodata_field=nodata_field,
+                      where=f'{s.name} tile ({row}, {col})')
+    tile_id = (index << 40) | (row << 20) | col
+    counts['kept'] += 1
+    yield tile_id, {
+        'cube': cube, 'crs': s.crs, 'scene': s.name,
+        'transform': np.asarray(window_transform(s.transform, row, col)),
+        'row': np.int32(row), 'col': np.int32(col),
+        'tile_id': np.int64(tile_id)}
+  finish = getattr(s, 'finish', None)
+  if finish is not None:
+    stats['dropped_not_fill'] += finish(warn=False)
+  s.close()
+  if scene_done:
     logging.info('%s %s: %d tile positions, %d entirely nodata skipped, %d '
                  'below min_valid_fraction=%g skipped.', s.name, split,
-                 len(grid), empty, sparse, c.min_valid_fraction)
-  if split == 'train' and not tile_id:
+                 stats['positions'], stats['empty'], stats['sparse'],
+                 c.min_valid_fraction)
+    if stats['dropped_not_fill'] and finish is not None:
+      finish(count=stats['dropped_not_fill'])
+  if last and split == 'train' and not counts['kept']:
     raise ValueError(
         f'{empty_field}: no train tile has min_valid_fraction='
         f'{c.min_valid_fraction} valid pixels (tile_size={c.tile_size}); is '
@@ -367,7 +403,7 @@ class SceneConfig(tfds.core.BuilderConfig):
     self.description = f'Tiles of {self.scene}.'
 
 
-class SceneBuilder(tfds.core.GeneratorBasedBuilder):
+class SceneBuilder(tfds.core.ShardBasedBuilder):
   """TFDS builder of one user cube (`config.data.name = 'own_scene'`)."""
 
   name = 'own_scene'
@@ -403,21 +439,19 @@ class SceneBuilder(tfds.core.GeneratorBasedBuilder):
     return self.dataset_info_from_configs(
         description=__doc__,
         features=tile_features(self.builder_config.tile_size, bands),
-        metadata=tfds.core.MetadataDict(),
-        disable_shuffling=True)
+        metadata=tfds.core.MetadataDict())
 
-  def _split_generators(self, dl_manager):
+  def _shard_iterators_per_split(self, dl_manager):
     del dl_manager
     s = self._open()
     self.info.metadata['wavelengths_nm'] = s.wavelengths_nm.tolist()
     self.info.metadata['scenes'] = [s.name]
     s.close()
-    out = {'train': self._generate_examples('train')}
-    if self.builder_config.test_fraction > 0:
-      out['test'] = self._generate_examples('test')
+    kw = dict(scale_field='config.data.reflectance_scale',
+              nodata_field='config.data.nodata')
+    out = {'train': tile_shards([self._open], 'train', self.builder_config,
+                                **kw)}
+    test = tile_shards([self._open], 'test', self.builder_config, **kw)
+    if test:
+      out['test'] = test
     return out
-
-  def _generate_examples(self, split):
-    return generate_tiles([self._open], split, self.builder_config,
-                          scale_field='config.data.reflectance_scale',
-                          nodata_field='config.data.nodata')
