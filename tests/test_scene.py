@@ -166,9 +166,14 @@ def test_implausible_values_name_the_field(files, tmp_path):
   c.data.reflectance_scale, c.data.nodata = 1e-4, -1.0
   with pytest.raises(ValueError, match=r'config.data.nodata: .* below'):
     data.benchmark_builder(c.data)
-  np.save(tmp_path / 'empty.npy', np.full((20, 20, 198), NODATA, np.float32))
+  np.save(tmp_path / 'empty.npy', np.full((40, 40, 198), NODATA, np.float32))
   c.data.scene, c.data.nodata = str(tmp_path / 'empty.npy'), NODATA
   with pytest.raises(ValueError, match=r'config.data.nodata: no train tile'):
+    data.benchmark_builder(c.data)
+  np.save(tmp_path / 'small.npy', np.full((20, 20, 198), 0.1, np.float32))
+  c.data.scene = str(tmp_path / 'small.npy')
+  with pytest.raises(ValueError, match=r'config.data.tile_size: 16 leaves no '
+                     'train tile'):
     data.benchmark_builder(c.data)
   c.data.scene = str(tmp_path / 'missing.tif')
   with pytest.raises(FileNotFoundError, match=r'config.data.scene'):
