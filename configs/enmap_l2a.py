@@ -19,7 +19,7 @@ def get_config(arg=None):
   c.data.tile_size = 224  # 14 x 14 patches of 16 px.
   c.data.tile_overlap = 0
   c.data.min_valid_fraction = 0.5
-  c.data.test_fraction = 0.1
+  c.data.test_fraction = 0.25  # >= 224 of a product's ~1000-1300 rows.
   c.data.reflectance_scale = 0.0  # GainOfBand / OffsetOfBand of METADATA.XML.
   c.train.batch_size = 32
   c.evals.batch_size = 8
