@@ -19,6 +19,10 @@ is shifted to end at the border), so test tiles never overlap train tiles.
 Tiles with fewer than `min_valid_fraction` valid pixels are dropped; every
 kept tile's values must look like reflectance (`check_reflectance`).
 
+The builders are `tfds.core.ShardBasedBuilder`s with one shard per tile row:
+a `GeneratorBasedBuilder` passes every example through TFDS's shuffler, which
+keeps up to 1 GB in memory and then needs TensorFlow to spill to disk.
+
   python -m kgmae_jax.main --config configs/own_scene.py \
       --config.data.scene=/path/cube.tif --workdir runs/own
 """
@@ -326,6 +330,11 @@ def tile_shards(scenes, split, c, *, scale_field, nodata_field,
     raise ValueError(
         f'config.data.tile_size: {c.tile_size} leaves no train tile in scenes '
         f'of these sizes (test_fraction={c.test_fraction}).')
+  if split == 'test' and c.test_fraction > 0 and not shards:
+    raise ValueError(
+        f'config.data.test_fraction: {c.test_fraction} of the rows is less '
+        f'than one tile (tile_size={c.tile_size}) in every scene; raise it '
+        '(or set 0 and config.evals.split="train").')
   return shards
 
 

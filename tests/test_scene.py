@@ -166,7 +166,7 @@ def test_implausible_values_name_the_field(files, tmp_path):
   c.data.reflectance_scale, c.data.nodata = 1e-4, -1.0
   with pytest.raises(ValueError, match=r'config.data.nodata: .* below'):
     data.benchmark_builder(c.data)
-  np.save(tmp_path / 'empty.npy', np.full((40, 40, 198), NODATA, np.float32))
+  np.save(tmp_path / 'empty.npy', np.full((48, 48, 198), NODATA, np.float32))
   c.data.scene, c.data.nodata = str(tmp_path / 'empty.npy'), NODATA
   with pytest.raises(ValueError, match=r'config.data.nodata: no train tile'):
     data.benchmark_builder(c.data)
@@ -206,3 +206,11 @@ def test_figure(run, files, tmp_path):
   assert 0.2 < np.median(out['reconstruction'][v]) / np.median(
       out['cube'][v]) < 5
   np.testing.assert_allclose(out['abundances'][v].sum(-1), 1.0, atol=1e-5)
+
+
+def test_too_small_test_fraction_is_named(files, tmp_path):
+  root = files['root']
+  c = own_scene_config(root / 'cube.npy', root / 'wl.csv', tmp_path)
+  c.data.test_fraction = 0.2  # 10 of 48 rows < one 16-pixel tile.
+  with pytest.raises(ValueError, match=r'config.data.test_fraction: 0.2 '):
+    data.benchmark_builder(c.data)
