@@ -6,10 +6,11 @@ L2A product, and predict throughput on a CPU.
       --config configs/own_scene.py
 
 `memory` writes a fake 224-band int16 L2A product of size x size pixels
-(block by block, so the writer holds little), then reads it tile by tile as
-the builder does (`enmap_l2a.L2AProduct.read`, 224 x 224 windows) and reports
-the tracemalloc peak of that loop and the process's peak RSS; then it builds
-the TFDS data set from it in a fresh process and reports that peak RSS.
+(block by block, so the writer holds little); then, each in a fresh process,
+reads it tile by tile as the builder does (`enmap_l2a.L2AProduct.read`,
+224 x 224 windows) and builds the TFDS data set from it (tile 224), reporting
+tracemalloc peaks (numpy and Python allocations) and peak RSS (ru_maxrss,
+including imports and GDAL's block cache).
 `predict` saves a freshly initialised checkpoint of the config's model (the
 weights do not change the cost) and times `predict.predict_array` on a
 (size, size, B) image, after one warm-up call for compilation.
@@ -67,39 +68,60 @@ def write_big_product(root, size):
   return folder
 
 
-def memory(args):
+def _read_all(folder, size):
+  """In a fresh process: tile-by-tile read of the product, as the builder."""
   from kgmae_jax import enmap_l2a  # pylint: disable=g-import-not-at-top
-  folder = write_big_product(args.dir, args.size)
-  tif = next(folder.glob('*-SPECTRAL_IMAGE.TIF'))
   base = _rss_mb()
   tracemalloc.start()
   product = enmap_l2a.open_product(folder)
   t0 = time.perf_counter()
   n = 0
-  for r in range(0, args.size - 223, 224):
-    for c in range(0, args.size - 223, 224):
-      cube, valid = product.read(r, c, 224, 224)
+  for r in range(0, size - 223, 224):
+    for c in range(0, size - 223, 224):
+      product.read(r, c, 224, 224)
       n += 1
   product.close()
   _, peak = tracemalloc.get_traced_memory()
-  tracemalloc.stop()
-  out = {'product_mb': tif.stat().st_size / 2**20, 'tiles': n,
-         'read_s': time.perf_counter() - t0,
-         'tracemalloc_peak_mb': peak / 2**20, 'rss_before_mb': base,
-         'rss_peak_mb': _rss_mb()}
-  code = (
-      'import json, resource; from kgmae_jax import config_lib, data; '
-      'c = config_lib.base_config().data; c.name = "enmap_l2a"; '
-      f'c.manual_dir = "{folder.parent}"; c.data_dir = "{args.dir}/tfds"; '
-      'c.tile_size = 224; c.test_fraction = 0.1; '
-      'import time; t = time.perf_counter(); data.benchmark_builder(c); '
-      'print(json.dumps({"build_s": time.perf_counter() - t, '
-      '"build_rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF)'
-      '.ru_maxrss / 1024}))')
-  res = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                       text=True, check=True,
-                       cwd=pathlib.Path(__file__).resolve().parents[1])
-  out.update(json.loads(res.stdout.strip().splitlines()[-1]))
+  return {'tiles_read': n, 'read_s': time.perf_counter() - t0,
+          'read_tracemalloc_peak_mb': peak / 2**20,
+          'read_rss_after_imports_mb': base, 'read_rss_peak_mb': _rss_mb()}
+
+
+def _build(folder, out_dir):
+  """In a fresh process: the TFDS build of the product (tile 224)."""
+  from kgmae_jax import config_lib, data  # pylint: disable=g-import-not-at-top
+  base = _rss_mb()
+  c = config_lib.base_config().data
+  c.name, c.manual_dir = 'enmap_l2a', str(folder.parent)
+  c.data_dir, c.tile_size, c.test_fraction = f'{out_dir}/tfds', 224, 0.25
+  tracemalloc.start()
+  t0 = time.perf_counter()
+  builder = data.benchmark_builder(c)
+  _, peak = tracemalloc.get_traced_memory()
+  return {'build_s': time.perf_counter() - t0,
+          'build_tiles': {k: v.num_examples for k, v in
+                          builder.info.splits.items()},
+          'build_tracemalloc_peak_mb': peak / 2**20,
+          'build_rss_after_imports_mb': base, 'build_rss_peak_mb': _rss_mb()}
+
+
+def memory(args):
+  folder = pathlib.Path(args.dir) / 'products' / 'product'
+  if args.step == 'read':
+    print(json.dumps(_read_all(next(folder.parent.glob('ENMAP*')), args.size)))
+    return
+  if args.step == 'build':
+    print(json.dumps(_build(next(folder.parent.glob('ENMAP*')), args.dir)))
+    return
+  folder = write_big_product(args.dir, args.size)
+  tif = next(folder.glob('*-SPECTRAL_IMAGE.TIF'))
+  out = {'product_mb': tif.stat().st_size / 2**20}
+  for step in ('read', 'build'):
+    res = subprocess.run(
+        [sys.executable, __file__, 'memory', '--step', step, '--size',
+         str(args.size), '--dir', args.dir], capture_output=True, text=True,
+        check=True, cwd=pathlib.Path(__file__).resolve().parents[1])
+    out.update(json.loads(res.stdout.strip().splitlines()[-1]))
   print(json.dumps(out, indent=1))
 
 
@@ -167,6 +189,8 @@ def main():
   parser.add_argument('--config', default='configs/own_scene.py')
   parser.add_argument('--bands', type=int, default=218)
   parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--step', default='', help='memory: read | build (one '
+                      'step in this process; used internally).')
   args = parser.parse_args()
   os.makedirs(args.dir, exist_ok=True)
   memory(args) if args.what == 'memory' else predict_throughput(args)
