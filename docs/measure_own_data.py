@@ -21,6 +21,7 @@ import json
 import os
 import pathlib
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -140,7 +141,8 @@ def predict_throughput(args):
   mean, std = np.full(bands, 0.3, np.float32), np.full(bands, 0.1, np.float32)
   trainer = train.build_trainer(config, mesh, bands, mean, std)
   state = trainer.init(jax.random.key(0))
-  work = pathlib.Path(args.dir) / 'ckpt'
+  work = pathlib.Path(args.dir) / 'ckpt' / pathlib.Path(args.config).stem
+  shutil.rmtree(work, ignore_errors=True)  # A fresh checkpoint each run.
   meta = report.jsonable({
       'config': config.to_dict(), 'wavelengths_nm': np.linspace(420, 2400,
                                                                 bands),
