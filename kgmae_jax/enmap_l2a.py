@@ -1,5 +1,7 @@
 r"""EnMAP Level-2A products -> training tiles (TFDS, array_record, manual_dir).
 
+A `tfds.core.ShardBasedBuilder`, one shard per tile row (why: `scene.py`).
+
   python -m kgmae_jax.main --config configs/enmap_l2a.py \
       --config.data.manual_dir=/data/enmap_l2a --workdir runs/enmap
 

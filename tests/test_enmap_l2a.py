@@ -136,7 +136,7 @@ def test_missing_or_empty_manual_dir_names_the_pattern(tmp_path):
 def test_raw_dn_scale_is_refused_at_build_time(tmp_path):
   fake_l2a.write_product(tmp_path / 'p', 16, 16, gain=1.0)
   c = _config(tmp_path / 'p', tmp_path / 'data').data
-  c.tile_size = 8
+  c.tile_size, c.test_fraction = 8, 0.5
   with pytest.raises(ValueError, match=r'config.data.reflectance_scale: '
                      r'median value .* raw digital numbers'):
     data.benchmark_builder(c)
