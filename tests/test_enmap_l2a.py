@@ -1,8 +1,6 @@
 """EnMAP L2A: a fake product through build -> pretrain -> predict -> GeoTIFF."""
 
-import importlib.util
 import logging
-import pathlib
 
 import numpy as np
 import pytest
