@@ -26,6 +26,15 @@ def base_config():
   c.data.seed = 0  # Generator seed: a new seed is a new data set.
   c.data.num_bands = 0  # Expected band count; 0 takes it from the data set.
   c.data.num_workers = 0  # grain reader threads; 0 reads in the main thread.
+  # Real data (name 'enmap_l2a' or 'own_scene'; see enmap_l2a.py, scene.py).
+  c.data.manual_dir = ""  # enmap_l2a: folder of L2A products; '' -> <data_dir>/downloads/manual.
+  c.data.scene = ""  # own_scene: the cube, GeoTIFF / ENVI .hdr / .npy (H, W, B).
+  c.data.wavelengths_file = ""  # own_scene: band centres, one per line; '' -> from the file.
+  c.data.reflectance_scale = 0.0  # reflectance = value * scale; 0: L2A gains / 1 for own_scene.
+  c.data.nodata = -32768.0  # own_scene: raw value of missing pixels (NaN always is).
+  c.data.tile_overlap = 0  # Pixels shared by neighbouring tiles (enmap_l2a, own_scene).
+  c.data.min_valid_fraction = 0.5  # Tiles with fewer valid pixels are dropped.
+  c.data.test_fraction = 0.1  # Bottom share of each scene's rows held out as 'test'.
   c.data.prefetch = 2  # Batches read ahead.
   c.data.device_resident = False  # Train tiles uploaded once; batches gathered on device.
 
@@ -107,6 +116,17 @@ def validate(c, num_devices=None, num_bands=None):
       raise ValueError(f"config.{field}: {msg}")
 
   need(m.patch_size > 0, "model.patch_size", "must be positive.")
+  d = c.data
+  need(0 <= d.tile_overlap < d.tile_size, "data.tile_overlap",
+       f"must be in [0, tile_size={d.tile_size}), got {d.tile_overlap}.")
+  need(0.0 < d.min_valid_fraction <= 1.0, "data.min_valid_fraction",
+       f"must be in (0, 1], got {d.min_valid_fraction}.")
+  need(0.0 <= d.test_fraction < 1.0, "data.test_fraction",
+       f"must be in [0, 1), got {d.test_fraction}.")
+  need(d.reflectance_scale >= 0, "data.reflectance_scale",
+       f"must be >= 0 (0: automatic), got {d.reflectance_scale}.")
+  need(d.name != "own_scene" or d.scene, "data.scene",
+       "own_scene needs the path of a cube (.tif, ENVI .hdr or .npy).")
   t, p = c.data.tile_size, m.patch_size
   if t % p:
     lo, hi = (t // p) * p, (t // p + 1) * p

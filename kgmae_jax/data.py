@@ -2,7 +2,10 @@
 
 ``config.data`` (an ``ml_collections.ConfigDict``) names the data set and its
 generator parameters:
-  name: 'kgmae_benchmark' (the embedded benchmark, ``benchmark.py``).
+  name: 'kgmae_benchmark' (the embedded benchmark, ``benchmark.py``),
+    'enmap_l2a' (EnMAP L2A products, ``enmap_l2a.py``) or 'own_scene' (a
+    user's cube, ``scene.py``); each builder's ``DATA_FIELDS`` name the
+    ``config.data`` fields that identify its build.
   data_dir: where builds live; None or '' -> $KGMAE_DATA_DIR, else
     ~/tensorflow_datasets.
   tile_size, num_train, num_test, num_test_b, snr_vnir, snr_swir, seed: the
@@ -27,8 +30,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from kgmae_jax import benchmark
+from kgmae_jax import enmap_l2a
+from kgmae_jax import scene
 
-_BUILDERS = {'kgmae_benchmark': benchmark.BenchmarkBuilder}
+_BUILDERS = {'kgmae_benchmark': benchmark.BenchmarkBuilder,
+             'enmap_l2a': enmap_l2a.EnmapL2ABuilder,
+             'own_scene': scene.SceneBuilder}
+_BENCHMARK_FIELDS = ('tile_size', 'num_train', 'num_test', 'num_test_b',
+                     'snr_vnir', 'snr_swir', 'seed')
 _SPLIT_SIZES = {'train': 'num_train', 'test': 'num_test',
                 'test_b': 'num_test_b'}
 _STATS_FILE = 'band_stats.json'
@@ -47,27 +56,29 @@ def _key(data_cfg) -> tuple:
   data_dir = data_cfg.get('data_dir')
   if not data_dir:  # None or ''.
     data_dir = os.environ.get('KGMAE_DATA_DIR', '~/tensorflow_datasets')
-  params = tuple((f, data_cfg[f]) for f in (
-      'tile_size', 'num_train', 'num_test', 'num_test_b', 'snr_vnir',
-      'snr_swir', 'seed'))
+  fields = getattr(_BUILDERS[data_cfg.name], 'DATA_FIELDS', _BENCHMARK_FIELDS)
+  params = tuple((f, data_cfg[f]) for f in fields)
   return data_cfg.name, os.path.expanduser(data_dir), params
 
 
 @functools.lru_cache(maxsize=None)
 def _prepared_builder(key: tuple):
   name, data_dir, params = key
-  builder = _BUILDERS[name](
-      config=benchmark.make_config(**dict(params)), data_dir=data_dir,
-      file_format='array_record')
+  cls = _BUILDERS[name]
+  if hasattr(cls, 'make_builder_config'):
+    config = cls.make_builder_config(data_dir, **dict(params))
+  else:
+    config = benchmark.make_config(**dict(params))
+  builder = cls(config=config, data_dir=data_dir, file_format='array_record')
   if not builder.is_prepared():
     c = builder.builder_config
-    total = c.num_train + c.num_test + c.num_test_b
-    logging.info('Building %s/%s: %d tiles of %dx%d into %s.', name, c.name,
-                 total, c.tile_size, c.tile_size, builder.data_dir)
+    logging.info('Building %s/%s (tiles of %dx%d) into %s.', name, c.name,
+                 c.tile_size, c.tile_size, builder.data_dir)
     start = time.perf_counter()
     builder.download_and_prepare(
         file_format='array_record',
         download_config=tfds.download.DownloadConfig(
+            manual_dir=getattr(c, 'manual_dir', None) or None,
             compute_stats=tfds.download.ComputeStatsMode.SKIP))
     logging.info('Built %s/%s in %.1f s.', name, c.name,
                  time.perf_counter() - start)
@@ -82,13 +93,21 @@ def benchmark_builder(data_cfg) -> tfds.core.DatasetBuilder:
 
 
 def wavelengths(data_cfg) -> np.ndarray:
-  """(B,) band centres in nm of the data set (builds nothing)."""
-  return np.asarray(_builder_class(data_cfg).WAVELENGTHS_NM, np.float64)
+  """(B,) band centres in nm of the data set.
+
+  The benchmark's are constants (builds nothing); other data sets' come from
+  the build's metadata (builds on first use).
+  """
+  cls = _builder_class(data_cfg)
+  if hasattr(cls, 'WAVELENGTHS_NM'):
+    return np.asarray(cls.WAVELENGTHS_NM, np.float64)
+  return np.asarray(benchmark_builder(data_cfg).info.metadata['wavelengths_nm'],
+                    np.float64)
 
 
 def class_names(data_cfg) -> tuple[str, ...]:
-  """Names of the true material classes, in abundance order (builds nothing)."""
-  return tuple(_builder_class(data_cfg).CLASS_NAMES)
+  """Names of the true material classes, in abundance order; () if unknown."""
+  return tuple(getattr(_builder_class(data_cfg), 'CLASS_NAMES', ()))
 
 
 def _source(data_cfg, split: str):
@@ -99,8 +118,11 @@ def _source(data_cfg, split: str):
   builder = benchmark_builder(data_cfg)
   if split not in builder.info.splits or not builder.info.splits[
       split].num_examples:
+    hint = getattr(builder, 'SPLIT_HINT', None)
+    hint = (f'set {hint} > 0 or use a larger scene / smaller tile_size'
+            if hint else f'set config.data.{_SPLIT_SIZES[split]} > 0')
     raise ValueError(f'Split {split!r} of {builder.builder_config.name} is '
-                     f'empty: set config.data.{_SPLIT_SIZES[split]} > 0.')
+                     f'empty: {hint}.')
   return builder.as_data_source(split)
 
 

@@ -1,0 +1,466 @@
+r"""A user's own hyperspectral cube: readers, tiling, and the `own_scene` builder.
+
+Readers give windowed access to a cube of any sensor in reflectance units:
+  * GeoTIFF (any band count; rasterio, windowed reads);
+  * ENVI (`.hdr` + data file; rasterio's ENVI driver, header parsed here for
+    the wavelengths);
+  * `.npy` (H, W, B), memory-mapped, with a wavelengths file.
+Every reader has `name`, `shape` (H, W, B), `wavelengths_nm` (B,), `crs` (WKT,
+'' when unknown), `transform` (6 affine coefficients a, b, c, d, e, f) and
+`read(row, col, height, width) -> (cube (h, w, B) float32 reflectance, NaN at
+invalid pixels; valid (h, w) bool)`; windows may extend past the image
+(padding is invalid). A pixel is invalid where any band is non-finite or equals
+the nodata value (`config.data.nodata` or the file's own nodata tag).
+
+Tiling (`tile_grid`): the bottom `test_fraction` of each scene's rows is the
+`test` split, the rest `train`; tiles of `tile_size` step by
+`tile_size - tile_overlap` inside each part (the last tile of a row or column
+is shifted to end at the border), so test tiles never overlap train tiles.
+Tiles with fewer than `min_valid_fraction` valid pixels are dropped; every
+kept tile's values must look like reflectance (`check_reflectance`).
+
+The builders are `tfds.core.ShardBasedBuilder`s with one shard per tile row:
+a `GeneratorBasedBuilder` passes every example through TFDS's shuffler, which
+keeps up to 1 GB in memory and then needs TensorFlow to spill to disk.
+
+  python -m kgmae_jax.main --config configs/own_scene.py \
+      --config.data.scene=/path/cube.tif --workdir runs/own
+"""
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import pathlib
+import re
+
+from absl import logging
+import numpy as np
+import rasterio
+from rasterio import windows as rio_windows
+import tensorflow_datasets as tfds
+
+_ENVI_DATA_EXTS = ('', '.img', '.dat', '.raw', '.bsq', '.bil', '.bip', '.bin')
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # Pixel coordinates, no georeference.
+DATA_FIELDS = ('scene', 'wavelengths_file', 'reflectance_scale', 'nodata',
+               'tile_size', 'tile_overlap', 'min_valid_fraction',
+               'test_fraction')
+
+
+# --------------------------------------------------------------- wavelengths
+def read_wavelengths_file(path) -> np.ndarray:
+  """(B,) nm from a text/CSV file: one number per band (first column).
+
+  Lines that do not start with a number (headers, comments) are skipped;
+  values below 100 are taken as micrometres and converted to nm.
+  """
+  values = []
+  for line in pathlib.Path(path).read_text().splitlines():
+    first = re.split(r'[,;\s]+', line.strip())[0] if line.strip() else ''
+    try:
+      values.append(float(first))
+    except ValueError:
+      continue
+  w = np.asarray(values, np.float64)
+  if not len(w):
+    raise ValueError(f'config.data.wavelengths_file: no numbers in {path}.')
+  return to_nm(w)
+
+
+def to_nm(w, units='') -> np.ndarray:
+  """Wavelengths in nm from nm or micrometres (units, else values < 100)."""
+  w = np.asarray(w, np.float64)
+  units = units.lower()
+  if units.startswith(('micro', 'um', 'µm')) or (not units.startswith('nano')
+                                                and w.max() < 100):
+    return w * 1000.0
+  return w
+
+
+def read_envi_header(path) -> dict[str, str]:
+  """`key = value` and `key = { ... }` entries of an ENVI header, keys lower."""
+  text = pathlib.Path(path).read_text()
+  entries = re.findall(r'^\s*([^=\n]+?)\s*=\s*(\{[^}]*\}|[^\n]*)', text, re.M)
+  return {k.strip().lower(): v.strip().strip('{}').strip() for k, v in entries}
+
+
+def _floats(text: str) -> np.ndarray:
+  return np.array([float(v) for v in re.split(r'[,\s]+', text.strip()) if v])
+
+
+# ------------------------------------------------------------------- readers
+def read_window(src, row, col, height, width, fill):
+  """(B, h, w) array of a rasterio dataset window, `fill` outside the image.
+
+  Reads only the part inside the image (rasterio's boundless reads go
+  through a VRT and are much slower).
+  """
+  out = np.full((src.count, height, width), fill, src.dtypes[0])
+  r0, c0 = max(row, 0), max(col, 0)
+  r1, c1 = min(row + height, src.height), min(col + width, src.width)
+  if r1 > r0 and c1 > c0:
+    out[:, r0 - row:r1 - row, c0 - col:c1 - col] = src.read(
+        window=rio_windows.Window(c0, r0, c1 - c0, r1 - r0))
+  return out
+
+
+def _invalid_to_nan(cube, valid):
+  cube[~valid] = np.nan
+  return cube, valid
+
+
+class RasterScene:
+  """A GeoTIFF or ENVI cube through rasterio (windowed reads)."""
+
+  def __init__(self, path, *, scale=1.0, nodata=None, wavelengths_nm=None):
+    path = pathlib.Path(path)
+    header = None
+    if path.suffix.lower() == '.hdr':
+      header = read_envi_header(path)
+      stem = path.with_suffix('')
+      data = [stem.with_name(stem.name + e) for e in _ENVI_DATA_EXTS]
+      data = [p for p in data if p.is_file()]
+      if not data:
+        raise FileNotFoundError(f'No ENVI data file next to {path} (looked for '
+                                f'{[stem.name + e for e in _ENVI_DATA_EXTS]}).')
+      path = data[0]
+    elif (path.with_suffix('.hdr').is_file()
+          and path.suffix.lower() not in ('.tif', '.tiff')):
+      header = read_envi_header(path.with_suffix('.hdr'))
+    self.name = path.name
+    self._src = rasterio.open(path)
+    src = self._src
+    self.shape = (src.height, src.width, src.count)
+    self.crs = src.crs.to_wkt() if src.crs else ''
+    self.transform = (tuple(src.transform)[:6] if src.transform
+                      and not src.transform.is_identity else IDENTITY)
+    self.scale = float(scale)
+    self.nodata = [v for v in (nodata, src.nodata) if v is not None]
+    if wavelengths_nm is None:
+      wavelengths_nm = self._file_wavelengths(header)
+    self.wavelengths_nm = np.asarray(wavelengths_nm, np.float64)
+    if len(self.wavelengths_nm) != src.count:
+      raise ValueError(
+          f'config.data.wavelengths_file: {len(self.wavelengths_nm)} '
+          f'wavelengths for {src.count} bands of {path}.')
+
+  def _file_wavelengths(self, header):
+    if header and 'wavelength' in header:
+      return to_nm(_floats(header['wavelength']),
+                   header.get('wavelength units', ''))
+    tags = [self._src.tags(b) for b in range(1, self._src.count + 1)]
+    if all('wavelength' in t for t in tags):  # ENVI-style band tags (GDAL).
+      return to_nm([float(t['wavelength']) for t in tags],
+                   tags[0].get('wavelength_units', ''))
+    raise ValueError(
+        f'config.data.wavelengths_file: {self.name} carries no band '
+        'wavelengths; give a text file with one centre (nm) per band.')
+
+  def read(self, row, col, height, width):
+    """(cube (h, w, B) reflectance, NaN where invalid; valid (h, w))."""
+    is_float = self._src.dtypes[0].startswith('float')
+    raw = read_window(self._src, row, col, height, width,
+                      np.nan if is_float else 0)  # (B, h, w)
+    inside = np.zeros((height, width), bool)
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + height, self.shape[0]), min(col + width, self.shape[1])
+    inside[r0 - row:max(r1 - row, 0), c0 - col:max(c1 - col, 0)] = True
+    raw = np.moveaxis(raw, 0, -1)
+    valid = inside & np.isfinite(raw).all(-1)
+    for v in self.nodata:
+      valid &= ~(raw == v).any(-1)
+    return _invalid_to_nan(raw.astype(np.float32) * np.float32(self.scale),
+                           valid)
+
+  def close(self):
+    self._src.close()
+
+
+class NpyScene:
+  """A `.npy` (H, W, B) cube, memory-mapped; no georeference."""
+
+  def __init__(self, path, *, wavelengths_nm, scale=1.0, nodata=None):
+    self.name = pathlib.Path(path).name
+    self._arr = np.load(path, mmap_mode='r')
+    if self._arr.ndim != 3:
+      raise ValueError(f'config.data.scene: {path} has shape '
+                       f'{self._arr.shape}; expected (H, W, B).')
+    self.shape = self._arr.shape
+    self.crs, self.transform = '', IDENTITY
+    self.scale = float(scale)
+    self.nodata = [] if nodata is None else [nodata]
+    self.wavelengths_nm = np.asarray(wavelengths_nm, np.float64)
+    if len(self.wavelengths_nm) != self.shape[2]:
+      raise ValueError(
+          f'config.data.wavelengths_file: {len(self.wavelengths_nm)} '
+          f'wavelengths for the {self.shape[2]} bands of {path}.')
+
+  def read(self, row, col, height, width):
+    h, w, b = self.shape
+    raw = np.full((height, width, b), np.nan, np.float32)
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + height, h), min(col + width, w)
+    if r1 > r0 and c1 > c0:
+      raw[r0 - row:r1 - row, c0 - col:c1 - col] = self._arr[r0:r1, c0:c1]
+    valid = np.isfinite(raw).all(-1)
+    for v in self.nodata:
+      valid &= ~(raw == v).any(-1)
+    return _invalid_to_nan(raw * np.float32(self.scale), valid)
+
+  def close(self):
+    pass
+
+
+def open_scene(path, *, scale=1.0, nodata=None, wavelengths_file=''):
+  """The reader for `path` by its extension (.npy, .hdr/ENVI, else rasterio)."""
+  path = pathlib.Path(os.path.expanduser(str(path)))
+  if not path.exists():
+    raise FileNotFoundError(f'config.data.scene: {path} does not exist.')
+  w = read_wavelengths_file(wavelengths_file) if wavelengths_file else None
+  if path.suffix.lower() == '.npy':
+    if w is None:
+      raise ValueError(f'config.data.wavelengths_file: {path.name} is a .npy '
+                       'cube; give its band centres, one per line.')
+    return NpyScene(path, wavelengths_nm=w, scale=scale, nodata=nodata)
+  return RasterScene(path, scale=scale, nodata=nodata, wavelengths_nm=w)
+
+
+# ----------------------------------------------------- checks, tiling, tiles
+def check_reflectance(values, *, scale_field, nodata_field, where=''):
+  """Raises ValueError naming the field to set if values are not reflectance.
+
+  Args:
+    values: valid pixel values after scaling (any shape).
+    scale_field / nodata_field: names of the settings to suggest.
+    where: the file, for the message.
+  """
+  v = np.asarray(values, np.float64).ravel()
+  if not len(v):
+    return
+  med, low = float(np.median(v)), float(np.percentile(v, 1))
+  if med > 1.5:
+    raise ValueError(
+        f'{scale_field}: median value {med:.4g} of {where} after scaling looks '
+        'like raw digital numbers, not reflectance in [0, 1] (reflectance x '
+        f'10^4 needs 1e-4); set {scale_field}.')
+  if low < -1.0:
+    raise ValueError(
+        f'{nodata_field}: 1% of the valid values of {where} are below {low:.4g}, '
+        f'implausible for reflectance: is the fill value set? Set {nodata_field}.')
+
+
+def _starts(lo, hi, tile, stride):
+  if hi - lo < tile:
+    return []
+  starts = list(range(lo, hi - tile + 1, stride))
+  if starts[-1] != hi - tile:
+    starts.append(hi - tile)  # Cover the border.
+  return starts
+
+
+def tile_grid(height, width, tile, overlap, test_fraction):
+  """{'train': [(row, col)], 'test': [...]} of tile origins (module doc)."""
+  split = height - int(round(test_fraction * height))
+  stride = tile - overlap
+  cols = _starts(0, width, tile, stride)
+  return {'train': [(r, c) for r in _starts(0, split, tile, stride) for c in cols],
+          'test': [(r, c) for r in _starts(split, height, tile, stride)
+                   for c in cols]}
+
+
+def window_transform(transform, row, col):
+  """Affine coefficients of a window starting at (row, col)."""
+  a, b, c, d, e, f = transform
+  return (a, b, c + a * col + b * row, d, e, f + d * col + e * row)
+
+
+def tile_features(tile_size, num_bands):
+  """TFDS features of a tile of a real scene (no ground truth)."""
+  raw = tfds.features.Encoding.BYTES
+  return tfds.features.FeaturesDict({
+      'cube': tfds.features.Tensor(shape=(tile_size, tile_size, num_bands),
+                                   dtype=np.float32, encoding=raw),
+      'transform': tfds.features.Tensor(shape=(6,), dtype=np.float64,
+                                        encoding=raw),
+      'crs': tfds.features.Text(),
+      'scene': tfds.features.Text(),
+      'row': tfds.features.Scalar(dtype=np.int32),
+      'col': tfds.features.Scalar(dtype=np.int32),
+      'tile_id': tfds.features.Scalar(dtype=np.int64),
+  })
+
+
+def tile_shards(scenes, split, c, *, scale_field, nodata_field,
+                empty_field=None):
+  """Example generators of `split`, one per (scene, tile row): the shards.
+
+  One shard per tile row bounds what TFDS holds while writing a shard (it
+  keeps that shard's examples until it has counted them) to one row of tiles.
+
+  Args:
+    scenes: callables returning an opened reader.
+    split: 'train' or 'test'.
+    c: the builder config (tile_size, tile_overlap, min_valid_fraction,
+      test_fraction).
+    scale_field / nodata_field: settings named by the reflectance check.
+    empty_field: setting named when no train tile is kept (nodata_field).
+
+  Returns:
+    A list of callables, each returning an iterator of (key, tile); keys and
+    `tile_id` are scene << 40 | row << 20 | col.
+  """
+  empty_field = empty_field or nodata_field
+  kw = dict(c=c, split=split, scale_field=scale_field,
+            nodata_field=nodata_field, empty_field=empty_field,
+            counts={'kept': 0})
+  shards = []
+  for index, open_fn in enumerate(scenes):
+    s = open_fn()
+    h, w, _ = s.shape
+    s.close()
+    grid = tile_grid(h, w, c.tile_size, c.tile_overlap, c.test_fraction)[split]
+    rows = sorted({r for r, _ in grid})
+    for k, row in enumerate(rows):
+      shards.append(functools.partial(
+          _row_tiles, open_fn, index, row, [cc for r, cc in grid if r == row],
+          scene_done=k == len(rows) - 1,
+          last=index == len(scenes) - 1 and k == len(rows) - 1, **kw))
+  if split == 'train' and not shards:
+    raise ValueError(
+        f'config.data.tile_size: {c.tile_size} leaves no train tile in scenes '
+        f'of these sizes (test_fraction={c.test_fraction}).')
+  if split == 'test' and c.test_fraction > 0 and not shards:
+    raise ValueError(
+        f'config.data.test_fraction: {c.test_fraction} of the rows is less '
+        f'than one tile (tile_size={c.tile_size}) in every scene; raise it '
+        '(or set 0 and config.evals.split="train").')
+  return shards
+
+
+def _row_tiles(open_fn, index, row, cols, *, c, split, scale_field,
+               nodata_field, empty_field, counts, scene_done, last):
+  """Yields the kept tiles of one tile row of one scene (see tile_shards)."""
+  s = open_fn()
+  stats = counts.setdefault(s.name, {'positions': 0, 'empty': 0, 'sparse': 0,
+                                     'dropped_not_fill': 0})
+  for col in cols:
+    stats['positions'] += 1
+    cube, valid = s.read(row, col, c.tile_size, c.tile_size)
+    frac = valid.mean()
+    if frac == 0:
+      stats['empty'] += 1
+      continue
+    if frac < c.min_valid_fraction:
+      stats['sparse'] += 1
+      continue
+    values = cube[valid]
+    check_reflectance(values[::max(1, values.size // 100_000)],
+                      scale_field=scale_field, nodata_field=nodata_field,
+                      where=f'{s.name} tile ({row}, {col})')
+    tile_id = (index << 40) | (row << 20) | col
+    counts['kept'] += 1
+    yield tile_id, {
+        'cube': cube, 'crs': s.crs, 'scene': s.name,
+        'transform': np.asarray(window_transform(s.transform, row, col)),
+        'row': np.int32(row), 'col': np.int32(col),
+        'tile_id': np.int64(tile_id)}
+  finish = getattr(s, 'finish', None)
+  if finish is not None:
+    stats['dropped_not_fill'] += finish(warn=False)
+  s.close()
+  if scene_done:
+    logging.info('%s %s: %d tile positions, %d entirely nodata skipped, %d '
+                 'below min_valid_fraction=%g skipped.', s.name, split,
+                 stats['positions'], stats['empty'], stats['sparse'],
+                 c.min_valid_fraction)
+    if stats['dropped_not_fill'] and finish is not None:
+      finish(count=stats['dropped_not_fill'])
+  if last and split == 'train' and not counts['kept']:
+    raise ValueError(
+        f'{empty_field}: no train tile has min_valid_fraction='
+        f'{c.min_valid_fraction} valid pixels (tile_size={c.tile_size}); is '
+        f'every pixel nodata? Check {empty_field}, config.data.'
+        'min_valid_fraction and config.data.tile_size.')
+
+
+def config_name(prefix, params: dict) -> str:
+  """A short, stable builder-config name from its parameters."""
+  digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()
+  return f'{prefix}_t{params["tile_size"]}_{digest[:12]}'
+
+
+# ------------------------------------------------------------------- builder
+@dataclasses.dataclass(eq=False, kw_only=True)
+class SceneConfig(tfds.core.BuilderConfig):
+  """One user cube and its tiling; `name` is a digest of all parameters."""
+  name: str = dataclasses.field(default='', init=False)
+  scene: str = ''
+  wavelengths_file: str = ''
+  reflectance_scale: float = 1.0
+  nodata: float = -32768.0
+  tile_size: int = 64
+  tile_overlap: int = 32
+  min_valid_fraction: float = 0.5
+  test_fraction: float = 0.1
+  stamp: str = ''  # File size and mtime: a changed file is a new build.
+
+  def __post_init__(self):
+    params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+              if f.init}
+    self.name = config_name('scene', params)
+    self.description = f'Tiles of {self.scene}.'
+
+
+class SceneBuilder(tfds.core.ShardBasedBuilder):
+  """TFDS builder of one user cube (`config.data.name = 'own_scene'`)."""
+
+  name = 'own_scene'
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  DATA_FIELDS = DATA_FIELDS
+  SPLIT_HINT = 'config.data.test_fraction'
+  code_path = None  # As in benchmark.py (tensorflow/datasets#11212).
+
+  @classmethod
+  def make_builder_config(cls, data_dir, **params):
+    del data_dir
+    path = pathlib.Path(os.path.expanduser(params['scene'] or ''))
+    if not params['scene'] or not path.is_file():
+      raise FileNotFoundError(
+          f'config.data.scene: {params["scene"]!r} is not a file; give a '
+          'GeoTIFF (.tif), an ENVI header (.hdr) or a .npy (H, W, B) cube.')
+    st = path.stat()
+    scale = params['reflectance_scale'] or 1.0
+    return SceneConfig(**dict(params, scene=str(path.resolve()),
+                              reflectance_scale=scale),
+                       stamp=f'{st.st_size}_{st.st_mtime_ns}')
+
+  def _open(self):
+    c = self.builder_config
+    return open_scene(c.scene, scale=c.reflectance_scale, nodata=c.nodata,
+                      wavelengths_file=c.wavelengths_file)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    s = self._open()
+    bands = s.shape[2]
+    s.close()
+    return self.dataset_info_from_configs(
+        description=__doc__,
+        features=tile_features(self.builder_config.tile_size, bands),
+        metadata=tfds.core.MetadataDict())
+
+  def _shard_iterators_per_split(self, dl_manager):
+    del dl_manager
+    s = self._open()
+    self.info.metadata['wavelengths_nm'] = s.wavelengths_nm.tolist()
+    self.info.metadata['scenes'] = [s.name]
+    s.close()
+    kw = dict(scale_field='config.data.reflectance_scale',
+              nodata_field='config.data.nodata')
+    out = {'train': tile_shards([self._open], 'train', self.builder_config,
+                                **kw)}
+    test = tile_shards([self._open], 'test', self.builder_config, **kw)
+    if test:
+      out['test'] = test
+    return out
