@@ -1,8 +1,8 @@
 r"""Measures what docs/own_data.md reports: memory held while reading an EnMAP
 L2A product, and predict throughput on a CPU.
 
-  python docs/measure_own_data.py memory --size 1000 --dir /tmp/measure
-  python docs/measure_own_data.py predict --size 512 --dir /tmp/measure \
+  python benchmarks/own_data_benchmark.py memory --size 1000 --dir /tmp/measure
+  python benchmarks/own_data_benchmark.py predict --size 512 --dir /tmp/measure \
       --config configs/own_scene.py
 
 `memory` writes a fake 224-band int16 L2A product of size x size pixels
