@@ -37,6 +37,7 @@ from region B's. Written as array_record and read back without TensorFlow.
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -53,6 +54,7 @@ _FIELD_FREQ = np.array([0.30, 0.32, 0.22, 0.04, 0.06, 0.06])
 _TOWN_FREQ = np.array([0.10, 0.15, 0.05, 0.70, 0.0, 0.0])
 _IMPERVIOUS = spectra.CLASS_NAMES.index('impervious')
 _WATER_VAPOUR_NM = (1400.0, 1900.0)
+_SHARD_BYTES = 128 * 2**20  # Tiles per shard: about this much data.
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -176,7 +178,7 @@ def generate_tile(rng, pools: dict[str, np.ndarray], size: int,
   return out
 
 
-class BenchmarkBuilder(tfds.core.GeneratorBasedBuilder):
+class BenchmarkBuilder(tfds.core.ShardBasedBuilder):
   """TFDS builder of the embedded benchmark (see the module docstring)."""
 
   name = 'kgmae_benchmark'
@@ -217,11 +219,28 @@ class BenchmarkBuilder(tfds.core.GeneratorBasedBuilder):
         disable_shuffling=True,  # Tiles stay in tile_id order.
     )
 
-  def _split_generators(self, dl_manager):
+  def _shard_iterators_per_split(self, dl_manager):
+    """Shards of consecutive tiles, ~_SHARD_BYTES each.
+
+    A ShardBasedBuilder, not a GeneratorBasedBuilder: the latter sends every
+    example through TFDS's shuffler, which holds up to 1 GB in memory and
+    then needs TensorFlow to spill to disk (the paper-size build is ~4 GB).
+    """
     del dl_manager  # Nothing to download.
     c = self.builder_config
+    tile_bytes = 4 * c.tile_size**2 * (enmap.NUM_BANDS + 3 * M_TRUE + 1)
+    per_shard = max(1, _SHARD_BYTES // tile_bytes)
     counts = {'train': c.num_train, 'test': c.num_test, 'test_b': c.num_test_b}
-    return {s: self._generate_examples(s, n) for s, n in counts.items() if n}
+    return {s: [functools.partial(self._generate_examples, s, i,
+                                  min(i + per_shard, n))
+                for i in range(0, n, per_shard)]
+            for s, n in counts.items() if n}
+
+  def _generate_examples(self, split: str, first: int, stop: int):
+    pools = spectra.region_pools(self.WAVELENGTHS_NM, self.FWHM_NM,
+                                 SPLITS[split][1])
+    for i in range(first, stop):
+      yield i, self._tile(split, i, pools)
 
   def _tile(self, split: str, index: int, pools=None) -> dict:
     """Tile `index` of `split`, generated afresh (all features)."""
@@ -233,12 +252,6 @@ class BenchmarkBuilder(tfds.core.GeneratorBasedBuilder):
     rng = np.random.default_rng([c.seed, split_id, index])
     tile = generate_tile(rng, pools, c.tile_size, snr)
     return dict(tile, region=np.int32(region == 'B'), tile_id=np.int64(index))
-
-  def _generate_examples(self, split: str, num_tiles: int):
-    pools = spectra.region_pools(self.WAVELENGTHS_NM, self.FWHM_NM,
-                                 SPLITS[split][1])
-    for i in range(num_tiles):
-      yield i, self._tile(split, i, pools)
 
   def check_generator(self) -> None:
     """Raises ValueError if this build's first tile differs from what the

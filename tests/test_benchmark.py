@@ -127,3 +127,12 @@ def test_build_from_another_generator_is_refused(tmp_path, monkeypatch):
   monkeypatch.setattr(benchmark, 'generate_tile', changed)
   with pytest.raises(ValueError, match='another version of the benchmark generator'):
     builder.check_generator()
+
+
+def test_many_shards_keep_tile_order(tiles, tmp_path, monkeypatch):
+  monkeypatch.setattr(benchmark, '_SHARD_BYTES', 1)  # One tile per shard.
+  sharded = _build(str(tmp_path))
+  for split, ref in tiles.items():
+    assert [t['tile_id'] for t in sharded[split]] == list(range(len(ref)))
+    for a, b in zip(sharded[split], ref):
+      np.testing.assert_array_equal(a['cube'], b['cube'])
