@@ -171,7 +171,8 @@ def make_train_step(model, tx, schedule, config, mean, std):
     metrics["param_norm"] = optax.global_norm(params)
     metrics["lr"] = schedule(state.step)
     metrics["valid_frac"] = valid.mean()
-    metrics["skipped_steps"] = opt_state.total_notfinite
+    # Non-finite updates dropped so far (make_optimizer's apply_if_finite).
+    metrics["skipped_steps"] = getattr(opt_state, "total_notfinite", 0)
     return TrainState(step=state.step + 1, params=params,
                       opt_state=opt_state), metrics
 
