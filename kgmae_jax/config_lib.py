@@ -146,3 +146,20 @@ def validate(c, num_devices=None, num_bands=None):
          f"{c.train.batch_size} is not divisible by the {num_devices} devices.")
   if num_bands is not None:
     need(num_bands >= 1, "data", "the data set has no bands.")
+
+
+def tables_group():
+  """The `tables` group of configs/paper_tables.py (read by tables.py)."""
+  t = ml_collections.ConfigDict()
+  t.seeds = (0, 1, 2)  # Every run is repeated for each seed (init, masking, order).
+  t.m_true = 6  # True number of materials; ablations use M_true - 2, M_true + 4.
+  t.vca_pixels = 4096  # Held-out pixels sampled for VCA's endmember search.
+  t.downstream = ml_collections.ConfigDict()
+  t.downstream.heads = ("linear", "conv")  # Heads on the frozen encoder.
+  t.downstream.label_fractions = (0.01, 0.1, 1.0)  # Shares of labelled train tiles.
+  t.downstream.num_train_tiles = 0  # Labelled train tiles used (0: all).
+  t.downstream.steps = 300  # Head optimiser steps.
+  t.downstream.lr = 3e-3  # Head peak learning rate (AdamW, cosine decay).
+  t.downstream.batch_size = 32  # Tiles per head step.
+  t.downstream.conv_width = 64  # Channels of the conv head's 3x3 layer.
+  return t

@@ -30,7 +30,7 @@ def write_json(path, obj):
   path = epath.Path(path)
   tmp = path.parent / (path.name + ".tmp")
   tmp.write_text(json.dumps(jsonable(obj), indent=2, sort_keys=True) + "\n")
-  tmp.rename(path)
+  tmp.replace(path)  # Overwrites: a resumed run rewrites its files.
 
 
 def read_jsonl(path):
