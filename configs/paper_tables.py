@@ -56,7 +56,6 @@ def get_config(arg=None):
     c.evals.num_tiles = 32
     c.evals.batch_size = 16
     c.tables.vca_pixels = 4096
-    c.tables.downstream.steps = 150
     c.tables.downstream.batch_size = 32
     c.tables.downstream.conv_width = 32
   else:  # tiny: seconds per run, for tests/test_tables.py.

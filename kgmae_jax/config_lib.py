@@ -154,6 +154,7 @@ def tables_group():
   t.seeds = (0, 1, 2)  # Every run is repeated for each seed (init, masking, order).
   t.m_true = 6  # True number of materials; ablations use M_true - 2, M_true + 4.
   t.vca_pixels = 4096  # Held-out pixels sampled for VCA's endmember search.
+  t.compilation_cache = True  # Persistent XLA cache in workdir/jax_cache.
   t.downstream = ml_collections.ConfigDict()
   t.downstream.heads = ("linear", "conv")  # Heads on the frozen encoder.
   t.downstream.label_fractions = (0.01, 0.1, 1.0)  # Shares of labelled train tiles.

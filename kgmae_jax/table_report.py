@@ -70,7 +70,7 @@ def markdown_table(name, table):
     show_paper = name != "downstream" or row.endswith("| linear | 100 % labels")
     vals += [str(PAPER.get((name, model, m), "–")) if show_paper else "–"
              for m in paper_cols]
-    lines.append("| " + " | ".join([row] + vals) + " |")
+    lines.append("| " + " | ".join([row.replace("|", "\\|")] + vals) + " |")
   out = "\n".join(lines)
   if rest:
     out += "\n\nAlso in tables.json: " + ", ".join(f"`{m}`" for m in rest) + "."
@@ -121,6 +121,9 @@ def claims_markdown(tables):
     if d is None:
       continue
     mean, lo, hi = d
+    if lo == hi:  # One seed: a point, no interval.
+      lines.append(f"| {text} | {mean:+.3f} (one seed) | no CI with one seed |")
+      continue
     sign = -1.0 if "<" in text else 1.0  # Improvement = sign * (a - b).
     lo_b, hi_b = sorted((sign * lo, sign * hi))
     verdict = ("held" if lo_b > 0 else "reversed" if hi_b < 0

@@ -306,10 +306,30 @@ def build_tables(records, config):
   return t
 
 
+def _validate(tc):
+  def need(ok, field, msg):
+    if not ok:
+      raise ValueError(f"config.tables.{field}: {msg}")
+  need(len(tc.seeds) >= 1, "seeds", "needs at least one seed.")
+  need(len(set(tc.seeds)) == len(tc.seeds), "seeds", f"repeats a seed: {tc.seeds}.")
+  need(tc.m_true >= 3, "m_true", f"must be >= 3 (M_true - 2 >= 1), got {tc.m_true}.")
+  fr = tc.downstream.label_fractions
+  need(all(0 < f <= 1 for f in fr) and 1.0 in fr, "downstream.label_fractions",
+       f"fractions in (0, 1] including 1.0, got {fr}.")
+  need(set(tc.downstream.heads) == {"linear", "conv"}, "downstream.heads",
+       f"the tables need both 'linear' and 'conv', got {tc.downstream.heads}.")
+  need(tc.downstream.steps >= 1, "downstream.steps", "must be >= 1.")
+  need(tc.vca_pixels >= tc.m_true, "vca_pixels", "must be >= m_true.")
+
+
 def run(config, workdir):
   """Everything: runs, tables.json, figures/, report.md. Returns the tables."""
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  _validate(config.tables)
+  if config.tables.compilation_cache:  # Seeds > 0 reuse seed 0's compilations.
+    jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   report.write_json(workdir / "tables_config.json", config.to_dict())
   records = collect(config, workdir)
   tables = build_tables(records, config)
