@@ -5,6 +5,9 @@ import json
 import math
 import pathlib
 
+import numpy as np
+import pytest
+
 from kgmae_jax import tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -43,6 +46,7 @@ def _tiny_config(data_dir):
   return config
 
 
+@pytest.mark.slow  # Minutes: 8 pretraining runs, each compiled anew.
 def test_tables_end_to_end_and_resume(tmp_path):
   config = _tiny_config(tmp_path / "data")
   workdir = tmp_path / "tables"
@@ -76,3 +80,18 @@ def test_tables_end_to_end_and_resume(tmp_path):
   stamp = summary.stat().st_mtime_ns
   assert tables.run(config, workdir) == got
   assert summary.stat().st_mtime_ns == stamp
+
+
+def test_ci95_is_the_t_interval():
+  from scipy import stats
+  values = [1.0, 2.5, 1.7, 3.1]
+  mean, (lo, hi) = tables.ci95(values)
+  ref = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
+                         scale=stats.sem(values))
+  np.testing.assert_allclose([mean, lo, hi], [np.mean(values), *ref], rtol=1e-12)
+  assert tables.ci95([2.0]) == (2.0, [2.0, 2.0])
+
+
+def test_rows_leave_out_metrics_undefined_in_a_seed():
+  row = tables._row([{"a": 1.0, "b": float("nan")}, {"a": 3.0, "b": 2.0}])
+  assert set(row) == {"a"} and row["a"]["values"] == [1.0, 3.0]
