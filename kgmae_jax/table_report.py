@@ -169,7 +169,8 @@ def label_fraction_curves(tables, out_path):
       mean = np.array([p[1][metric]["mean"] for p in pts])
       lo = np.array([p[1][metric]["ci95"][0] for p in pts])
       hi = np.array([p[1][metric]["ci95"][1] for p in pts])
-      ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], capsize=3,
+      color = {"KARMA": "C3", "ViT-MAE": "C0"}.get(model, "0.5")
+      ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], capsize=3, color=color,
                   marker="o", ls="-" if head == "linear" else "--",
                   label=f"{model.split(' (')[0]}, {head}")
   for ax, metric in zip(axes, ("Top-1 (%)", "mIoU (%)")):
