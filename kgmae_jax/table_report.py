@@ -208,7 +208,7 @@ def write_figures(workdir, records, tables, config):
   return out
 
 
-def _git_revision():
+def git_revision():
   try:
     return subprocess.run(["git", "describe", "--always", "--dirty"],
                           capture_output=True, text=True, check=True,
@@ -217,14 +217,16 @@ def _git_revision():
     return "unknown"
 
 
-def write_markdown(path, tables, figures, config):
+def write_markdown(path, tables, figures, config, revisions=()):
   tc = config.tables
   cmd = "python -m kgmae_jax.main " + " ".join(sys.argv[1:])
   parts = [
       "# KARMA vs ViT-MAE on the embedded benchmark: paper tables and ablations",
       "",
       f"- command: `{cmd}`",
-      f"- git revision: `{_git_revision()}`",
+      "- git revisions that ran (part of) this workdir: "
+      + ", ".join(f"`{r}`" for r in revisions)
+      + f"; report written at `{git_revision()}`",
       f"- written: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
       f"- seeds: {list(tc.seeds)}; every run: {config.train.steps} steps of batch "
       f"{config.train.batch_size}, tiles {config.data.tile_size}x"

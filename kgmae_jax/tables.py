@@ -331,11 +331,18 @@ def run(config, workdir):
     jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   report.write_json(workdir / "tables_config.json", config.to_dict())
+  # Every code revision that ran part of this workdir (resumes can mix them).
+  rev_path = workdir / "revisions.json"
+  revisions = json.loads(rev_path.read_text()) if rev_path.exists() else []
+  if table_report.git_revision() not in revisions:
+    revisions.append(table_report.git_revision())
+    report.write_json(rev_path, revisions)
   records = collect(config, workdir)
   tables = build_tables(records, config)
   report.write_json(workdir / "tables.json", tables)
   figures = table_report.write_figures(workdir, records, tables, config)
-  table_report.write_markdown(workdir / "report.md", tables, figures, config)
+  table_report.write_markdown(workdir / "report.md", tables, figures, config,
+                              revisions)
   logging.info("Wrote %s and %s.", workdir / "tables.json",
                workdir / "report.md")
   return tables
