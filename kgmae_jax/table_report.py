@@ -224,7 +224,8 @@ def write_markdown(path, tables, figures, config, revisions=()):
       "# KARMA vs ViT-MAE on the embedded benchmark: paper tables and ablations",
       "",
       f"- command: `{cmd}`",
-      "- git revisions that ran (part of) this workdir: "
+      "- git revisions that ran this workdir (resumes and report rewrites "
+      "included): "
       + ", ".join(f"`{r}`" for r in revisions)
       + f"; report written at `{git_revision()}`",
       f"- written: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
