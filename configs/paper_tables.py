@@ -2,8 +2,8 @@ r"""The paper's tables and the ones it left out, over seeds (kgmae_jax/tables.py
 
   python -m kgmae_jax.main --config configs/paper_tables.py:small --workdir runs/tables
 
-Presets (the text after ':'): `small` (default; the whole set on 2 CPU cores in
-about 20-25 minutes), `full` (paper-like sizes, meant for a GPU), `tiny` (the
+Presets (the text after ':'): `small` (default; the whole set took 27 minutes on 2
+shared CPU cores), `full` (paper-like sizes, meant for a GPU), `tiny` (the
 end-to-end test). For each seed in `tables.seeds` it pretrains ViT-MAE, KARMA
 and the ablations (Huber only / + SAM / + LSMM / full; M in {M_true - 2,
 M_true, M_true + 4}; endmembers fixed to the library vs learned from random vs
