@@ -2,9 +2,9 @@ r"""The paper's tables and the ones it left out, over seeds (kgmae_jax/tables.py
 
   python -m kgmae_jax.main --config configs/paper_tables.py:small --workdir runs/tables
 
-Presets (the text after ':'): `small` (default; the whole set took 27 minutes on 2
-shared CPU cores), `full` (paper-like sizes, meant for a GPU), `tiny` (the
-end-to-end test). For each seed in `tables.seeds` it pretrains ViT-MAE, KARMA
+Presets (the text after ':'): `small` (default; the whole set took 27
+minutes on 2 shared CPU cores), `full` (paper-like sizes, meant for a GPU),
+`tiny` (the end-to-end test). For each seed in `tables.seeds` it pretrains ViT-MAE, KARMA
 and the ablations (Huber only / + SAM / + LSMM / full; M in {M_true - 2,
 M_true, M_true + 4}; endmembers fixed to the library vs learned from random vs
 learned from the library), all with the same budget, then evaluates frozen
