@@ -190,3 +190,21 @@ def validate(c, num_devices=None, num_bands=None):
          f"the config expects {c.data.num_bands} bands but the data set has "
          f"{num_bands}; set data.num_bands={num_bands} (or 0) or point "
          "config.data at the intended data set.")
+
+
+def tables_group():
+  """The `tables` group of configs/paper_tables.py (read by tables.py)."""
+  t = ml_collections.ConfigDict()
+  t.seeds = (0, 1, 2)  # Every run is repeated for each seed (init, masking, order).
+  t.m_true = 6  # True number of materials; ablations use M_true - 2, M_true + 4.
+  t.vca_pixels = 4096  # Held-out pixels sampled for VCA's endmember search.
+  t.compilation_cache = True  # Persistent XLA cache in workdir/jax_cache.
+  t.downstream = ml_collections.ConfigDict()
+  t.downstream.heads = ("linear", "conv")  # Heads on the frozen encoder.
+  t.downstream.label_fractions = (0.01, 0.1, 1.0)  # Shares of labelled train tiles.
+  t.downstream.num_train_tiles = 0  # Labelled train tiles used (0: all).
+  t.downstream.steps = 300  # Head optimiser steps.
+  t.downstream.lr = 3e-3  # Head peak learning rate (AdamW, cosine decay).
+  t.downstream.batch_size = 32  # Tiles per head step.
+  t.downstream.conv_width = 64  # Channels of the conv head's 3x3 layer.
+  return t

@@ -2,6 +2,9 @@ r"""Entry point: pretrain and evaluate from a config file.
 
   python -m kgmae_jax.main --config configs/quickstart.py --workdir runs/quickstart
 
+A config with a `tables` group (configs/paper_tables.py) runs the whole set of
+paper tables instead (kgmae_jax/tables.py).
+
 Any field can be overridden, e.g. `--config.train.steps=100`. Rerunning with
 the same --workdir resumes from its latest checkpoint. On a multi-host pod set
 KGMAE_DISTRIBUTED=1 (or run under a launcher that sets the JAX coordinator
@@ -36,6 +39,10 @@ def main(argv):
   from kgmae_jax import sharding, train  # pylint: disable=g-import-not-at-top
   sharding.check_process_count(os.environ.get("KGMAE_EXPECTED_PROCESSES"))
   try:
+    if "tables" in _CONFIG.value:
+      from kgmae_jax import tables  # pylint: disable=g-import-not-at-top
+      tables.run(_CONFIG.value, _WORKDIR.value)
+      return
     summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except train.Preempted as e:
     logging.warning("%s", e)

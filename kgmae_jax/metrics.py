@@ -1,4 +1,6 @@
-"""Image-quality metrics for reconstructed hyperspectral cubes: PSNR, SSIM, SAM, RMSE, ERGAS.
+"""Metrics: image quality of reconstructed cubes (PSNR, SSIM, SAM, RMSE, ERGAS),
+per-pixel classification (confusion matrix, Top-1, per-class accuracy, mIoU) and unmixing
+(abundance RMSE per matched endmember, spectral angle distance).
 
 Pure `jax.numpy`, jittable, accumulated in float32 (bfloat16 inputs are cast inside).
 
@@ -172,3 +174,67 @@ def reconstruction_metrics(pred, target, data_range, mask=None) -> dict[str, Arr
       "rmse": rmse(pred, target, mask),
       "ergas": ergas(pred, target, 1.0, mask),
   }
+
+
+# ------------------------------------------------------------ classification
+def confusion_matrix(labels, pred, num_classes: int, mask=None) -> Array:
+  """(C, C) float32 counts, rows = true class, columns = predicted class.
+
+  `labels`, `pred`: integer arrays of one shape; `mask` (same shape, optional) marks the
+  pixels that count (e.g. valid and labelled); labels outside [0, C) never count.
+  """
+  labels = jnp.asarray(labels).astype(jnp.int32).reshape(-1)
+  pred = jnp.asarray(pred).astype(jnp.int32).reshape(-1)
+  weight = (labels >= 0) & (labels < num_classes)
+  if mask is not None:
+    m = jnp.asarray(mask).reshape(-1)
+    weight = weight & (m if m.dtype == jnp.bool_ else m > 0)
+  idx = jnp.clip(labels, 0, num_classes - 1) * num_classes + jnp.clip(pred, 0, num_classes - 1)
+  counts = jnp.zeros(num_classes * num_classes, jnp.float32).at[idx].add(
+      weight.astype(jnp.float32))
+  return counts.reshape(num_classes, num_classes)
+
+
+def classification_metrics(confusion) -> dict[str, Array]:
+  """Top-1, per-class accuracy (recall) and IoU, mean accuracy and mIoU of a confusion
+  matrix (rows true). Classes without true pixels get NaN accuracy and are left out of
+  the means; a class with an empty union (never true, never predicted) is left out of
+  mIoU. Top-1 is NaN when nothing counts."""
+  cm = _as_float(confusion)
+  tp = jnp.diag(cm)
+  true_n, pred_n = cm.sum(1), cm.sum(0)
+  union = true_n + pred_n - tp
+  acc = jnp.where(true_n > 0, tp / jnp.where(true_n > 0, true_n, 1.0), jnp.nan)
+  iou = jnp.where(union > 0, tp / jnp.where(union > 0, union, 1.0), jnp.nan)
+  return {
+      "top1": jnp.sum(tp) / jnp.sum(cm),
+      "per_class_acc": acc,
+      "mean_class_acc": jnp.nanmean(acc),
+      "per_class_iou": iou,
+      "miou": jnp.nanmean(iou),
+  }
+
+
+# ------------------------------------------------------------------ unmixing
+def abundance_rmse(pred, true, pred_idx, true_idx, mask=None) -> Array:
+  """RMSE per matched endmember pair: (k,) for `pred[..., pred_idx[j]]` vs
+  `true[..., true_idx[j]]` over the valid pixels.
+
+  pred (..., M), true (..., K) abundances; the index pairs come from
+  `unmixing.match_endmembers` (Hungarian, by spectral angle).
+  """
+  p = _as_float(pred)[..., jnp.asarray(pred_idx)]
+  t = _as_float(true)[..., jnp.asarray(true_idx)]
+  if mask is None:
+    return jnp.sqrt(jnp.mean((p - t) ** 2, axis=tuple(range(p.ndim - 1))))
+  m = jnp.asarray(mask)
+  valid = (m if m.dtype == jnp.bool_ else m > 0)[..., None]
+  se = jnp.where(valid, (p - t) ** 2, 0.0)
+  axes = tuple(range(p.ndim - 1))
+  return jnp.sqrt(se.sum(axes) / jnp.sum(valid, dtype=jnp.float32))
+
+
+def spectral_angle_distance(pred_em, true_em) -> Array:
+  """SAD in degrees between paired rows of pred_em and true_em, (k, B) each: (k,).
+  Pair them first with `unmixing.match_endmembers`."""
+  return jnp.degrees(losses.spectral_angle(_as_float(pred_em), _as_float(true_em)))

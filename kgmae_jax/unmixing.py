@@ -78,3 +78,80 @@ def library_endmembers(wavelengths_nm, m, seed=0):
     pool = pools[names[j % len(names)]].spectra
     cols.append(pool[rng.integers(len(pool))])
   return np.stack(cols, axis=1).astype(np.float32)
+
+
+def fcls(pixels, endmembers, delta=None):
+  """Fully constrained least squares: abundances (n, M), a >= 0, sum(a) = 1.
+
+  pixels (n, B), endmembers (M, B). Solves, per pixel, the non-negative least
+  squares problem on the endmember matrix augmented with a row `delta * 1`
+  (target `delta`), which enforces sum-to-one as delta grows (Heinz & Chang
+  2001); delta defaults to 1e3 x the largest endmember norm. The augmented
+  system is reduced by one QR so each pixel solves an (M, M) NNLS.
+  """
+  x = np.asarray(pixels, np.float64)
+  e = np.asarray(endmembers, np.float64).T  # (B, M)
+  if x.ndim != 2 or e.shape[0] != x.shape[1]:
+    raise ValueError(f"pixels (n, B) and endmembers (M, B) disagree: {x.shape}, "
+                     f"{e.T.shape}.")
+  if delta is None:
+    delta = 1e3 * np.linalg.norm(e, axis=0).max()
+  m = e.shape[1]
+  aug = np.vstack([e, np.full((1, m), delta)])  # (B + 1, M)
+  q, r = np.linalg.qr(aug)  # ||aug a - y|| = ||r a - q^T y|| + const.
+  rhs = np.hstack([x, np.full((len(x), 1), delta)]) @ q  # (n, M)
+  out = np.empty((len(x), m))
+  for i, b in enumerate(rhs):
+    out[i] = optimize.nnls(r, b)[0]
+  return out
+
+
+def _estimate_snr(y, mean, proj):
+  """VCA's SNR estimate (dB) of data y (B, n) from its projection proj (d, n)."""
+  b, n = y.shape
+  p_y = np.sum(y**2) / n
+  p_x = np.sum(proj**2) / n + mean @ mean
+  return 10 * np.log10(max(p_x - proj.shape[0] / b * p_y, 1e-12)
+                       / max(p_y - p_x, 1e-12))
+
+
+def vca(pixels, m, seed=0):
+  """Vertex component analysis (Nascimento & Dias 2005): (endmembers (m, B),
+  pixel indices (m,)).
+
+  Projects the pixels (n, B) onto an m-dimensional subspace (SVD; projective
+  projection at high SNR, mean-centred plus a constant dimension at low SNR),
+  then repeatedly takes the pixel with the largest projection onto a random
+  direction orthogonal to the endmembers found so far. Endmembers are the
+  projected (denoised) spectra of those pixels.
+  """
+  y = np.asarray(pixels, np.float64).T  # (B, n)
+  b, n = y.shape
+  if n < m:
+    raise ValueError(f"VCA needs at least m={m} pixels, got {n}.")
+  rng = np.random.default_rng(seed)
+  mean = y.mean(axis=1)
+  yo = y - mean[:, None]
+  u = np.linalg.svd(yo @ yo.T / n)[0][:, :m]
+  snr = _estimate_snr(y, mean, u.T @ yo)
+  if snr < 15 + 10 * np.log10(m):  # Low SNR: subspace of dimension m - 1.
+    d = m - 1
+    x = u[:, :d].T @ yo
+    yp = u[:, :d] @ x + mean[:, None]
+    c = np.sqrt(np.max(np.sum(x**2, axis=0)))
+    proj = np.vstack([x, np.full((1, n), c)])
+  else:  # High SNR: projective projection onto the data's m-dim subspace.
+    u = np.linalg.svd(y @ y.T / n)[0][:, :m]
+    x = u.T @ y
+    yp = u @ x
+    proj = x / (x.mean(axis=1) @ x)
+  a = np.zeros((m, m))
+  a[-1, 0] = 1.0
+  idx = np.zeros(m, int)
+  for i in range(m):
+    w = rng.standard_normal(m)
+    f = w - a @ np.linalg.pinv(a) @ w
+    f /= np.linalg.norm(f)
+    idx[i] = int(np.argmax(np.abs(f @ proj)))
+    a[:, i] = proj[:, idx[i]]
+  return yp[:, idx].T, idx

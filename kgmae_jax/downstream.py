@@ -1,0 +1,179 @@
+"""Frozen-encoder downstream evaluation: per-pixel classification of class maps.
+
+The pretrained encoder (no masking) turns each tile into token features
+(N, L, D); only a light head on top is trained, with optax, on the benchmark's
+`labels` map (N, H, W):
+  linear  one Dense per token to p*p*C logits, i.e. one logit per class for
+          every pixel of the patch;
+  conv    3x3 conv (width `conv_width`) over the token grid, GELU, then the
+          same per-pixel Dense.
+Features come from `features`, which stops gradients at the encoder,
+and the optimiser only ever sees the head's parameters, so the encoder cannot
+change. Label fractions take the first max(1, round(f * n)) tiles of a seeded
+permutation of the labelled train tiles; each fraction is a subset of the next.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from kgmae_jax import data
+from kgmae_jax import metrics as metrics_lib
+from kgmae_jax import model as model_lib
+from kgmae_jax import patching
+
+
+class PixelHead(nn.Module):
+  """Token features (N, gh, gw, D) -> per-pixel logits (N, gh*p, gw*p, C)."""
+  num_classes: int
+  patch_size: int
+  conv_width: int = 0  # 0: linear head; > 0: 3x3 conv of this width first.
+
+  @nn.compact
+  def __call__(self, feats):
+    n, gh, gw, _ = feats.shape
+    p, c = self.patch_size, self.num_classes
+    x = feats
+    if self.conv_width:
+      x = nn.gelu(nn.Conv(self.conv_width, (3, 3), padding="SAME", name="conv")(x))
+    logits = nn.Dense(p * p * c, name="out")(x)  # (N, gh, gw, p*p*C)
+    return patching.unpatchify(logits.reshape(n, gh * gw, p * p * c), p,
+                               (gh, gw), c)
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def features(model, params, cube, valid, mean, std):
+  """Encoder token features (N, gh, gw, D) of a reflectance cube (N, H, W, B),
+  no masking. Gradients stop at the encoder output: nothing downstream can
+  reach the encoder's parameters."""
+  n, h, w, _ = cube.shape
+  p = model.patch_size
+  x = model_lib.standardise(cube, valid, mean, std)
+  tokens = model_lib.encode(params, x, model=model)  # (N, L, D)
+  return jax.lax.stop_gradient(tokens.reshape(n, h // p, w // p, -1))
+
+
+def split_features(model, params, stats, data_cfg, split, batch_size,
+                   max_tiles=None):
+  """(features (N, gh, gw, D), labels (N, H, W) int32, valid (N, H, W)) of a split."""
+  feats, labels, valid = [], [], []
+  mean = jnp.asarray(stats["mean"], jnp.float32)
+  std = jnp.asarray(stats["std"], jnp.float32)
+  for batch in data.eval_batches(data_cfg, split, batch_size, max_tiles):
+    feats.append(np.asarray(features(model, params, jnp.asarray(batch["cube"]),
+                                     jnp.asarray(batch["valid"]), mean, std)))
+    labels.append(batch["labels"].astype(np.int32))
+    valid.append(batch["valid"])
+  return np.concatenate(feats), np.concatenate(labels), np.concatenate(valid)
+
+
+def head_loss(head, head_params, feats, labels, valid):
+  """Mean softmax cross-entropy over valid pixels."""
+  logits = head.apply({"params": head_params}, feats)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  w = valid.astype(jnp.float32)
+  return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _head_fns(head, steps, lr):
+  """(tx, jitted step, jitted predict) of a head; cached, so every run and
+  label fraction with the same head and batch shape reuses one compilation."""
+  tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=1e-4)
+
+  @jax.jit
+  def step(params, opt_state, f, y, v):
+    loss, grads = jax.value_and_grad(
+        functools.partial(head_loss, head))(params, f, y, v)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  @jax.jit
+  def confusion(params, f, y, v):
+    pred = jnp.argmax(head.apply({"params": params}, f), -1)
+    return metrics_lib.confusion_matrix(y, pred, head.num_classes, v)
+
+  return tx, step, confusion
+
+
+def train_head(head, feats, labels, valid, *, steps, lr, batch_size, seed):
+  """Trains only `head` (AdamW, cosine decay) on fixed features; returns its
+  params. Batches of `batch_size` tiles drawn at random (with replacement when
+  fewer tiles are labelled)."""
+  rng = np.random.default_rng(seed)
+  params = jax.jit(head.init)(jax.random.key(seed), feats[:1])["params"]
+  tx, step, _ = _head_fns(head, steps, lr)
+  opt_state = tx.init(params)
+  n = len(feats)
+  for _ in range(steps):
+    idx = rng.choice(n, batch_size, replace=n < batch_size)
+    params, opt_state, _ = step(params, opt_state, feats[idx], labels[idx],
+                                valid[idx])
+  return params
+
+
+def score_head(head, head_params, feats, labels, valid, class_names,
+               batch_size=64):
+  """Classification metrics (`confusion_metrics`) of a trained head."""
+  num_classes = len(class_names)
+  _, _, confusion = _head_fns(head, 1, 1.0)
+  cm = np.zeros((num_classes, num_classes), np.float64)
+  pad = lambda a, k: np.concatenate([a, np.zeros((k,) + a.shape[1:], a.dtype)])
+  for i in range(0, len(feats), batch_size):
+    k = batch_size - len(feats[i:i + batch_size])  # Fixed shape: one compile.
+    cm += np.asarray(confusion(head_params, pad(feats[i:i + batch_size], k),
+                               pad(labels[i:i + batch_size], k),
+                               pad(valid[i:i + batch_size], k)))
+  return confusion_metrics(cm, class_names)
+
+
+def confusion_metrics(cm, class_names):
+  """Flat JSON-ready dict: top1, mean_class_acc, miou, acc_<class> (all in %;
+  acc NaN for a class without true pixels) and num_pixels_<class>."""
+  out = jax.device_get(metrics_lib.classification_metrics(cm))
+  names = list(class_names)
+  res = {k: 100.0 * float(out[k]) for k in ("top1", "mean_class_acc", "miou")}
+  for k, name in enumerate(names):
+    res[f"acc_{name}"] = 100.0 * float(out["per_class_acc"][k])
+    res[f"num_pixels_{name}"] = float(np.sum(cm[k]))
+  return res
+
+
+def label_subsets(num_tiles, fractions, seed):
+  """{fraction: tile indices}: nested prefixes of one seeded permutation."""
+  order = np.random.default_rng(seed).permutation(num_tiles)
+  return {f: np.sort(order[:max(1, int(round(f * num_tiles)))]) for f in fractions}
+
+
+def evaluate(model, params, config, stats, class_names, seed):
+  """Frozen-encoder classification for every head and label fraction of
+  `config.tables.downstream` (heads, label_fractions, steps, lr, ...).
+
+  Heads train on region A's `train` tiles and are scored on `test` (region A,
+  held out) and `test_b` (region B). Returns
+  {head: {str(fraction): {'test': metrics, 'test_b': metrics}}}.
+  """
+  dc = config.tables.downstream
+  bs = config.evals.batch_size
+  train = split_features(model, params, stats, config.data, "train", bs,
+                         dc.num_train_tiles if dc.num_train_tiles > 0 else None)
+  num_eval = config.evals.num_tiles if config.evals.num_tiles > 0 else None
+  evals = {s: split_features(model, params, stats, config.data, s, bs, num_eval)
+           for s in ("test", "test_b")}
+  subsets = label_subsets(len(train[0]), dc.label_fractions, seed)
+  results = {}
+  for name in dc.heads:
+    width = {"linear": 0, "conv": dc.conv_width}[name]
+    head = PixelHead(len(class_names), model.patch_size, width)
+    results[name] = {}
+    for frac, idx in subsets.items():
+      hp = train_head(head, *(a[idx] for a in train), steps=dc.steps, lr=dc.lr,
+                      batch_size=dc.batch_size, seed=seed)
+      results[name][str(frac)] = {
+          s: score_head(head, hp, *evals[s], class_names) for s in evals}
+  return results
+

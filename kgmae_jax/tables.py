@@ -1,0 +1,348 @@
+"""The paper's tables and the ones it left out, over seeds, with 95 % CIs.
+
+`run(config, workdir)` (called by main.py when the config has a `tables`
+group; see configs/paper_tables.py) does, for every seed in
+`config.tables.seeds` and every run in `RUNS` (same data, model size and
+budget; only the loss terms and the LSMM settings differ):
+
+  workdir/runs/<run>/seed<k>/   train.train_and_evaluate (skipped when its
+                                summary.json exists; resumes its checkpoints
+                                otherwise), then downstream.json;
+  workdir/runs/random_encoder/seed<k>/downstream.json   untrained encoder;
+  workdir/runs/baselines/seed<k>/unmixing.json   FCLS (true endmembers) and
+                                VCA + FCLS on the held-out tiles;
+
+and then writes `tables.json` ({table: {row: {metric: {mean, ci95, values}}}},
+tables reconstruction, downstream, cross_region, unmixing, ablation),
+`report.md` and `figures/`. The 95 % CI is mean +- t(0.975, n-1) s / sqrt(n)
+over seeds; with one seed it is [mean, mean] (no spread can be estimated).
+Metrics undefined on the data (the accuracy of a class with no pixel in the
+split) are left out of the tables rather than reported as NaN.
+"""
+
+import copy
+import json
+
+import jax
+import numpy as np
+from absl import logging
+from etils import epath
+from scipy import stats as scipy_stats
+
+from kgmae_jax import checkpoint as ckpt_lib
+from kgmae_jax import data
+from kgmae_jax import downstream
+from kgmae_jax import metrics as metrics_lib
+from kgmae_jax import report
+from kgmae_jax import sharding
+from kgmae_jax import table_report
+from kgmae_jax import train
+from kgmae_jax import unmixing
+
+
+def runs(m_true):
+  """{run name: (row label, config overrides)}; the base config is full KARMA
+  with M = m_true, endmembers learned from a random init."""
+  return {
+      "mae": ("ViT-MAE (Huber only)",
+              {"lsmm.enabled": False, "loss.sam": 0.0, "loss.lsmm": 0.0}),
+      "huber_sam": ("Huber + SAM", {"lsmm.enabled": False, "loss.lsmm": 0.0}),
+      "huber_lsmm": ("Huber + LSMM", {"loss.sam": 0.0}),
+      "karma": ("KARMA: Huber + SAM + LSMM", {}),
+      "m_minus2": (f"M = {m_true - 2}", {"lsmm.num_endmembers": m_true - 2}),
+      "m_plus4": (f"M = {m_true + 4}", {"lsmm.num_endmembers": m_true + 4}),
+      "em_fixed_library": ("endmembers fixed (library)",
+                           {"lsmm.init": "library", "lsmm.learn": False}),
+      "em_learned_library": ("endmembers learned from library",
+                             {"lsmm.init": "library"}),
+  }
+
+
+# Which downstream evaluations each run gets: all heads x fractions, or the
+# linear head on all labels (enough for the ablation table).
+FULL_DOWNSTREAM = ("mae", "karma", "random_encoder")
+RECON_METRICS = ("psnr", "ssim", "sam_deg", "rmse", "ergas", "psnr_band_mean")
+CLS_METRICS = ("top1", "mean_class_acc", "miou")
+
+
+def run_config(config, name, seed, m_true):
+  """The pretraining config of one run and seed."""
+  cfg = copy.deepcopy(config)
+  with cfg.unlocked():
+    del cfg["tables"]
+    cfg.seed = seed
+    for field, value in runs(m_true).get(name, ("", {}))[1].items():
+      group, key = field.split(".")
+      cfg[group][key] = value
+  return cfg
+
+
+def restore_model(config, workdir, pretrained=True):
+  """(model, params): latest checkpoint of `workdir`, or the init of
+  config.seed (the untrained encoder) with pretrained=False."""
+  stats = data.band_stats(config.data)
+  num_bands = len(data.wavelengths(config.data))
+  mesh = sharding.make_mesh(config.mesh)
+  trainer = train.build_trainer(config, mesh, num_bands, stats["mean"],
+                                stats["std"])
+  if not pretrained:  # Same init key as train_and_evaluate.
+    init_rng = jax.random.split(jax.random.key(config.seed), 3)[0]
+    return trainer.model, trainer.init(init_rng).params
+  ckpt = ckpt_lib.Checkpointer(workdir, config.ckpt.every_steps, config.ckpt.keep)
+  state, _ = ckpt.restore(ckpt.latest_step(), ckpt_lib.abstract_with_shardings(
+      trainer.abstract_state, trainer.state_shardings))
+  ckpt.close()
+  return trainer.model, state.params
+
+
+def _downstream(config, wd, load, class_names, seed, full):
+  """downstream.json of a run (computed once); `load()` -> (model, params).
+  Without `full`, only the linear head on all labels."""
+  path = wd / "downstream.json"
+  if path.exists():
+    return json.loads(path.read_text())
+  cfg = copy.deepcopy(config)
+  if not full:
+    with cfg.unlocked():
+      cfg.tables.downstream.label_fractions = (1.0,)
+      cfg.tables.downstream.heads = ("linear",)
+  model, params = load()
+  res = downstream.evaluate(model, params, cfg, data.band_stats(config.data),
+                            class_names, seed)
+  report.write_json(path, res)
+  return res
+
+
+def unmixing_baselines(config, seed, class_names, vca_pixels):
+  """FCLS with each tile's true endmembers, and VCA + FCLS on the pooled
+  held-out pixels, scored as evaluate.py scores the LSMM head."""
+  ev = config.evals
+  cubes, abund, valid, true_em = [], [], [], []
+  max_tiles = ev.num_tiles if ev.num_tiles > 0 else None
+  for b in data.eval_batches(config.data, ev.split, ev.batch_size, max_tiles):
+    cubes.append(b["cube"])
+    abund.append(b["abundances"])
+    valid.append(b["valid"])
+    true_em.append(b["endmembers"])
+  cube, abund = np.concatenate(cubes), np.concatenate(abund)
+  valid, true_em = np.concatenate(valid), np.concatenate(true_em)
+  ref = true_em.mean(axis=0)  # (M_true, B), as in evaluate.py.
+  m_true = ref.shape[0]
+  ceiling = np.zeros(abund.shape, np.float64)
+  for i in range(len(cube)):  # The tile's own endmembers: the ceiling.
+    ceiling[i][valid[i]] = unmixing.fcls(cube[i][valid[i]], true_em[i])
+  pix = cube[valid]
+  rng = np.random.default_rng(seed)
+  sample = pix[rng.choice(len(pix), min(len(pix), vca_pixels),
+                          replace=False)]
+  vca_em, _ = unmixing.vca(sample, m_true, seed=seed)
+  floor = np.zeros(abund.shape[:-1] + (m_true,), np.float64)
+  floor[valid] = unmixing.fcls(pix, vca_em)
+  out = {}
+  ident = np.arange(m_true)
+  for name, pred, rows, cols, sad in (
+      ("fcls_true", ceiling, ident, ident, np.zeros(m_true)),
+      ("vca_fcls", floor) + _matched(vca_em, ref)):
+    rmse = np.asarray(metrics_lib.abundance_rmse(pred, abund, rows, cols, valid))
+    names = [class_names[c] for c in cols]
+    out[name] = {
+        "sad_deg": dict(zip(names, np.asarray(sad, float).tolist())),
+        "sad_deg_mean": float(np.mean(sad)),
+        "abundance_rmse": dict(zip(names, rmse.tolist())),
+        "abundance_rmse_mean": float(rmse.mean()),
+    }
+  out["vca_endmembers"] = vca_em
+  return out
+
+
+def _matched(learned, ref):
+  rows, cols, _ = unmixing.match_endmembers(learned, ref)
+  sad = metrics_lib.spectral_angle_distance(learned[rows], ref[cols])
+  return rows, cols, np.asarray(sad)
+
+
+def collect(config, workdir):
+  """Runs (or reloads) everything; returns {run: [per-seed record]}."""
+  tc = config.tables
+  m_true = tc.m_true
+  class_names = list(data.class_names(config.data))
+  records = {name: [] for name in list(runs(m_true)) + ["random_encoder",
+                                                         "baselines"]}
+  for seed in tc.seeds:
+    for name in runs(m_true):
+      cfg = run_config(config, name, seed, m_true)
+      wd = epath.Path(workdir) / "runs" / name / f"seed{seed}"
+      summary_path = wd / "summary.json"
+      if summary_path.exists():
+        logging.info("tables: %s seed %d done, reusing %s.", name, seed, wd)
+      else:
+        logging.info("tables: pretraining %s seed %d in %s.", name, seed, wd)
+        train.train_and_evaluate(cfg, wd)
+      summary = json.loads(summary_path.read_text())
+      ds = _downstream(config, wd, lambda cfg=cfg, wd=wd: restore_model(cfg, wd),
+                       class_names, seed, name in FULL_DOWNSTREAM)
+      records[name].append({"summary": summary, "downstream": ds,
+                            "workdir": str(wd)})
+    # Controls: an untrained encoder, and the classic unmixing baselines.
+    cfg = run_config(config, "karma", seed, m_true)
+    wd = epath.Path(workdir) / "runs" / "random_encoder" / f"seed{seed}"
+    wd.mkdir(parents=True, exist_ok=True)
+    ds = _downstream(config, wd, lambda: restore_model(cfg, wd, False),
+                     class_names, seed, True)
+    records["random_encoder"].append({"downstream": ds})
+    wd = epath.Path(workdir) / "runs" / "baselines" / f"seed{seed}"
+    wd.mkdir(parents=True, exist_ok=True)
+    path = wd / "unmixing.json"
+    if not path.exists():
+      report.write_json(path, unmixing_baselines(cfg, seed, class_names,
+                                                        tc.vca_pixels))
+    records["baselines"].append({"unmixing": json.loads(path.read_text())})
+  return records
+
+
+# ---------------------------------------------------------------- aggregation
+def ci95(values):
+  """(mean, [lo, hi]) of per-seed values: t-distribution 95 % interval."""
+  v = np.asarray(values, np.float64)
+  mean = float(v.mean())
+  if len(v) < 2:
+    return mean, [mean, mean]
+  half = scipy_stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+  return mean, [mean - half, mean + half]
+
+
+def _cell(values):
+  mean, (lo, hi) = ci95(values)
+  return {"mean": mean, "ci95": [lo, hi], "values": [float(x) for x in values]}
+
+
+def _row(per_seed):
+  """[{metric: value}] per seed -> {metric: cell}; metrics missing or
+  non-finite in any seed are left out (undefined on this data)."""
+  keys = per_seed[0].keys()
+  row = {}
+  for k in keys:
+    vals = [r.get(k, np.nan) for r in per_seed]
+    vals = [float(v) if isinstance(v, (int, float)) else np.nan for v in vals]
+    if np.all(np.isfinite(vals)):
+      row[k] = _cell(vals)
+  return row
+
+
+def _cls(res, suffix=""):
+  """Classification metrics of one split's result, class accuracies included
+  only for classes present in the split."""
+  out = {k + suffix: res[k] for k in CLS_METRICS}
+  for k, v in res.items():
+    if k.startswith("acc_") and res["num_pixels_" + k[4:]] > 0:
+      out[k + suffix] = v
+  return out
+
+
+MODEL_LABELS = {"random_encoder": "random encoder (no pretraining)",
+                "mae": "ViT-MAE", "karma": "KARMA"}
+
+
+def build_tables(records, config):
+  """tables.json content from `collect`'s records."""
+  m_true = config.tables.m_true
+  labels = {k: v[0] for k, v in runs(m_true).items()}
+  t = {name: {} for name in ("reconstruction", "downstream", "cross_region",
+                             "unmixing", "ablation")}
+  # Reconstruction of masked patches, region A held out.
+  rec = lambda r, key: r["summary"]["reconstruction"][key]
+  t["reconstruction"]["ViT-MAE"] = _row([rec(r, "model") for r in records["mae"]])
+  t["reconstruction"]["KARMA"] = _row([rec(r, "model") for r in records["karma"]])
+  t["reconstruction"]["train mean spectrum"] = _row(
+      [rec(r, "train_mean") for r in records["karma"]])
+  t["reconstruction"]["visible mean spectrum"] = _row(
+      [rec(r, "visible_mean") for r in records["karma"]])
+  for table in t["reconstruction"].values():
+    for k in list(table):
+      if k not in RECON_METRICS:
+        del table[k]
+  # Downstream (region A) for every head and label fraction; cross-region.
+  for name in FULL_DOWNSTREAM:
+    recs = records[name]
+    for head, by_frac in recs[0]["downstream"].items():
+      for frac in by_frac:
+        row = f"{MODEL_LABELS[name]} | {head} | {100 * float(frac):g} % labels"
+        t["downstream"][row] = _row(
+            [_cls(r["downstream"][head][frac]["test"]) for r in recs])
+      full = max(by_frac, key=float)
+      t["cross_region"][f"{MODEL_LABELS[name]} | {head}"] = _row([
+          _cls(r["downstream"][head][full]["test"], "_A")
+          | _cls(r["downstream"][head][full]["test_b"], "_B") for r in recs])
+  # Unmixing against the truth.
+  def unmix(u):
+    out = {"abundance_rmse_mean": u["abundance_rmse_mean"],
+           "sad_deg_mean": u["sad_deg_mean"]}
+    out.update({f"abundance_rmse_{k}": v for k, v in u["abundance_rmse"].items()})
+    return out
+  for name, row in (("karma", "KARMA LSMM head (learned from random)"),
+                    ("em_learned_library", "KARMA LSMM head (learned from library)"),
+                    ("em_fixed_library", "KARMA LSMM head (fixed library)")):
+    t["unmixing"][row] = _row([unmix(r["summary"]["unmixing"])
+                               for r in records[name]])
+  t["unmixing"]["FCLS, true endmembers (ceiling)"] = _row(
+      [unmix(r["unmixing"]["fcls_true"]) for r in records["baselines"]])
+  t["unmixing"]["VCA + FCLS (blind floor)"] = _row(
+      [unmix(r["unmixing"]["vca_fcls"]) for r in records["baselines"]])
+  # Ablations: reconstruction, linear probe (all labels), unmixing when LSMM.
+  for name, label in labels.items():
+    per_seed = []
+    for r in records[name]:
+      s = r["summary"]
+      m = {k: s["reconstruction"]["model"][k] for k in ("psnr", "ssim", "sam_deg")}
+      lin = r["downstream"]["linear"]
+      lin = lin[max(lin, key=float)]["test"]
+      m["linear_top1"], m["linear_miou"] = lin["top1"], lin["miou"]
+      if "unmixing" in s:
+        m["lsmm_psnr"] = s["lsmm_reconstruction"]["psnr"]
+        m["sad_deg_mean"] = s["unmixing"]["sad_deg_mean"]
+        m["abundance_rmse_mean"] = s["unmixing"]["abundance_rmse_mean"]
+      per_seed.append(m)
+    t["ablation"][label] = _row(per_seed)
+  return t
+
+
+def _validate(tc):
+  def need(ok, field, msg):
+    if not ok:
+      raise ValueError(f"config.tables.{field}: {msg}")
+  need(len(tc.seeds) >= 1, "seeds", "needs at least one seed.")
+  need(len(set(tc.seeds)) == len(tc.seeds), "seeds", f"repeats a seed: {tc.seeds}.")
+  need(tc.m_true >= 3, "m_true", f"must be >= 3 (M_true - 2 >= 1), got {tc.m_true}.")
+  fr = tc.downstream.label_fractions
+  need(all(0 < f <= 1 for f in fr) and 1.0 in fr, "downstream.label_fractions",
+       f"fractions in (0, 1] including 1.0, got {fr}.")
+  need(set(tc.downstream.heads) == {"linear", "conv"}, "downstream.heads",
+       f"the tables need both 'linear' and 'conv', got {tc.downstream.heads}.")
+  need(tc.downstream.steps >= 1, "downstream.steps", "must be >= 1.")
+  need(tc.vca_pixels >= tc.m_true, "vca_pixels", "must be >= m_true.")
+
+
+def run(config, workdir):
+  """Everything: runs, tables.json, figures/, report.md. Returns the tables."""
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  _validate(config.tables)
+  if config.tables.compilation_cache:  # Seeds > 0 reuse seed 0's compilations.
+    jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  report.write_json(workdir / "tables_config.json", config.to_dict())
+  # Every code revision that ran part of this workdir (resumes can mix them).
+  rev_path = workdir / "revisions.json"
+  revisions = json.loads(rev_path.read_text()) if rev_path.exists() else []
+  if table_report.git_revision() not in revisions:
+    revisions.append(table_report.git_revision())
+    report.write_json(rev_path, revisions)
+  records = collect(config, workdir)
+  tables = build_tables(records, config)
+  report.write_json(workdir / "tables.json", tables)
+  figures = table_report.write_figures(workdir, records, tables, config)
+  table_report.write_markdown(workdir / "report.md", tables, figures, config,
+                              revisions)
+  logging.info("Wrote %s and %s.", workdir / "tables.json",
+               workdir / "report.md")
+  return tables
