@@ -327,7 +327,8 @@ def run(config, workdir):
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   _validate(config.tables)
-  if config.tables.compilation_cache:  # Seeds > 0 reuse seed 0's compilations.
+  # Seeds > 0 reuse seed 0's compilations; a cache the user set up is kept.
+  if config.tables.compilation_cache and not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   report.write_json(workdir / "tables_config.json", config.to_dict())
