@@ -36,7 +36,7 @@ def get_config(arg=None):
   c.optim.lr = 2e-3
   c.optim.warmup_steps = 50
   c.train.batch_size = 32
-  c.train.steps = 600
+  c.train.steps = 450
   c.train.log_every = 25
 
   c.ckpt.every_steps = 200
