@@ -2,7 +2,9 @@
 pretraining with configs/own_scene.py and abundance maps from predict."""
 
 import importlib.util
+import logging
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -214,3 +216,20 @@ def test_too_small_test_fraction_is_named(files, tmp_path):
   c.data.test_fraction = 0.2  # 10 of 48 rows < one 16-pixel tile.
   with pytest.raises(ValueError, match=r'config.data.test_fraction: 0.2 '):
     data.benchmark_builder(c.data)
+
+
+def test_entirely_nodata_tiles_are_skipped_and_counted(files, tmp_path, caplog):
+  cube = np.load(files['root'] / 'cube.npy')
+  cube[:16, :16] = NODATA  # Exactly the train tile at (0, 0).
+  np.save(tmp_path / 'holey.npy', cube)
+  c = own_scene_config(tmp_path / 'holey.npy', files['root'] / 'wl.csv', tmp_path / 'd')
+  c.data.min_valid_fraction = 0.01  # Only entirely empty tiles are dropped.
+  caplog.set_level(logging.INFO)
+  builder = data.benchmark_builder(c.data)
+  ref = own_scene_config(files['root'] / 'cube.npy', files['root'] / 'wl.csv',
+                         tmp_path / 'r')
+  ref.data.min_valid_fraction = 0.01
+  n_ref = data.benchmark_builder(ref.data).info.splits['train'].num_examples
+  assert builder.info.splits['train'].num_examples == n_ref - 1
+  assert re.search(r'holey\S* train: \d+ tile positions, 1 entirely nodata skipped',
+                   caplog.text)
