@@ -107,3 +107,24 @@ def test_check_finite_names_term_and_steps():
   with pytest.raises(FloatingPointError, match=r"steps 11 and 20: sam"):
     train.check_finite((11, 20), {"huber": 1.0, "sam": float("nan"),
                                   "lsmm": 0.1, "loss": 1.0})
+
+
+def test_nan_at_invalid_pixels_never_reaches_loss_or_params():
+  config = tiny_config.get()
+  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+  trainer = train.build_trainer(config, mesh, BANDS, np.full(BANDS, 0.3, np.float32),
+                                np.full(BANDS, 0.15, np.float32))
+  state = trainer.init(jax.random.key(0))
+  batch = batch_of(0)
+  batch["cube"][~batch["valid"]] = np.nan  # Left in the cube, flagged invalid.
+  batch["cube"][1, 2, 3, 4] = np.inf
+  batch["valid"][1, 2, 3] = False
+  for _ in range(2):
+    state, m = trainer.step(state, sharding.put_batch(batch, trainer.batch_sharding),
+                            jax.random.key(1))
+  m = jax.device_get(m)
+  for k in ("loss", "huber", "sam", "lsmm", "grad_norm"):
+    assert np.isfinite(m[k]), k
+  assert m["skipped_steps"] == 0
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
+  assert m["valid_frac"] < 1.0
