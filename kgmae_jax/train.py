@@ -373,6 +373,7 @@ def train_and_evaluate(config, workdir):
   writer = report.MetricWriter(workdir, resume_step=start, enabled=is_main)
   skip = config.train.on_nonfinite == "skip"
   window, unchecked, last_log, t0 = [], [], start, time.perf_counter()
+  bad_run = 0  # Consecutive non-finite steps.
   with _StopRequests() as stop:
     for step in range(start + 1, total + 1):
       batch = sharding.put_batch(next(batches), trainer.batch_sharding)
@@ -386,10 +387,11 @@ def train_and_evaluate(config, workdir):
       for s, m in unchecked:
         m = _host_scalars(m)
         bad = nonfinite_terms(m)
-        if bad and not skip:
+        bad_run = bad_run + 1 if bad else 0
+        if bad and (not skip or bad_run >= config.train.max_skipped_in_a_row):
           ckpt.close()
           writer.close()
-          check_finite((s, s), m)
+          check_finite((s - bad_run + 1, s), m)
         if bad:
           logging.warning("Step %d: non-finite %s; update skipped (%d so far).",
                           s, ", ".join(bad), int(m["skipped_steps"]))

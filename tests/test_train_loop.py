@@ -124,14 +124,14 @@ def test_band_count_differs_from_config(data_dir, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
-def nan_at_step(monkeypatch, bad_step):
-  """Feeds a NaN pixel marked valid at `bad_step`, bypassing data.prepare."""
+def nan_at_step(monkeypatch, *bad_steps):
+  """Feeds a NaN pixel marked valid at `bad_steps`, bypassing data.prepare."""
   real = data.train_iterator
 
   def poisoned(*args, start_step=0, **kwargs):
     for step, batch in enumerate(real(*args, start_step=start_step, **kwargs),
                                  start=start_step + 1):
-      if step == bad_step:
+      if step in bad_steps:
         batch = dict(batch, cube=batch["cube"].copy())
         batch["cube"][0, 0, 0, 5] = np.nan
       yield batch
@@ -155,3 +155,11 @@ def test_nonfinite_loss_skip_mode(data_dir, tmp_path, monkeypatch):
   assert all(np.isfinite(r["loss"]) for r in rows)
   _, params = final_params(tmp_path, None)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_too_many_nonfinite_steps_in_a_row_stop_skip_mode(data_dir, tmp_path, monkeypatch):
+  nan_at_step(monkeypatch, 3, 4)
+  config = config_for(data_dir, on_nonfinite="skip", max_skipped_in_a_row=2)
+  with pytest.raises(FloatingPointError, match=r"between steps 3 and 4: huber"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == []
