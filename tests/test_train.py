@@ -48,15 +48,6 @@ def test_one_vs_eight_devices_same_loss(per_pixel):
       np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=k)
 
 
-def test_fsdp_mesh_same_loss():
-  config = tiny_config.get()
-  _, ref = run_steps(config, jax.devices())
-  config.mesh.fsdp = 2
-  _, fsdp = run_steps(config, jax.devices())
-  for a, b in zip(ref, fsdp):
-    np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-5)
-
-
 def test_step_metrics_and_loss_decreases():
   config = tiny_config.get()
   config.train.steps = 40
