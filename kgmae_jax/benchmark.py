@@ -188,6 +188,8 @@ class BenchmarkBuilder(tfds.core.ShardBasedBuilder):
       BenchmarkConfig(),
       BenchmarkConfig(tile_size=32, num_train=256, num_test=32, num_test_b=32),
   ]
+  DATA_FIELDS = ('tile_size', 'num_train', 'num_test', 'num_test_b',
+                 'snr_vnir', 'snr_swir', 'seed')  # config.data fields of a build.
   WAVELENGTHS_NM = enmap.WAVELENGTHS_NM
   FWHM_NM = enmap.FWHM_NM
   CLASS_NAMES = spectra.CLASS_NAMES
@@ -195,6 +197,11 @@ class BenchmarkBuilder(tfds.core.ShardBasedBuilder):
   # declares for Python < 3.9 (tensorflow/datasets#11212). It serves to look up
   # download checksums, and this builder downloads nothing.
   code_path = None
+
+  @classmethod
+  def make_builder_config(cls, data_dir, **params) -> BenchmarkConfig:
+    del data_dir  # Generated, nothing to read.
+    return make_config(**params)
 
   def _info(self) -> tfds.core.DatasetInfo:
     t, b, m = self.builder_config.tile_size, enmap.NUM_BANDS, M_TRUE

@@ -5,7 +5,8 @@ generator parameters:
   name: 'kgmae_benchmark' (the embedded benchmark, ``benchmark.py``),
     'enmap_l2a' (EnMAP L2A products, ``enmap_l2a.py``) or 'own_scene' (a
     user's cube, ``scene.py``); each builder's ``DATA_FIELDS`` name the
-    ``config.data`` fields that identify its build.
+    ``config.data`` fields that identify its build, and its
+    ``make_builder_config(data_dir, **fields)`` makes the TFDS config.
   data_dir: where builds live; None or '' -> $KGMAE_DATA_DIR, else
     ~/tensorflow_datasets.
   tile_size, num_train, num_test, num_test_b, snr_vnir, snr_swir, seed: the
@@ -36,8 +37,6 @@ from kgmae_jax import scene
 _BUILDERS = {'kgmae_benchmark': benchmark.BenchmarkBuilder,
              'enmap_l2a': enmap_l2a.EnmapL2ABuilder,
              'own_scene': scene.SceneBuilder}
-_BENCHMARK_FIELDS = ('tile_size', 'num_train', 'num_test', 'num_test_b',
-                     'snr_vnir', 'snr_swir', 'seed')
 _SPLIT_SIZES = {'train': 'num_train', 'test': 'num_test',
                 'test_b': 'num_test_b'}
 _STATS_FILE = 'band_stats.json'
@@ -56,8 +55,7 @@ def _key(data_cfg) -> tuple:
   data_dir = data_cfg.get('data_dir')
   if not data_dir:  # None or ''.
     data_dir = os.environ.get('KGMAE_DATA_DIR', '~/tensorflow_datasets')
-  fields = getattr(_BUILDERS[data_cfg.name], 'DATA_FIELDS', _BENCHMARK_FIELDS)
-  params = tuple((f, data_cfg[f]) for f in fields)
+  params = tuple((f, data_cfg[f]) for f in _BUILDERS[data_cfg.name].DATA_FIELDS)
   return data_cfg.name, os.path.expanduser(data_dir), params
 
 
@@ -65,11 +63,8 @@ def _key(data_cfg) -> tuple:
 def _prepared_builder(key: tuple):
   name, data_dir, params = key
   cls = _BUILDERS[name]
-  if hasattr(cls, 'make_builder_config'):
-    config = cls.make_builder_config(data_dir, **dict(params))
-  else:
-    config = benchmark.make_config(**dict(params))
-  builder = cls(config=config, data_dir=data_dir, file_format='array_record')
+  builder = cls(config=cls.make_builder_config(data_dir, **dict(params)),
+                data_dir=data_dir, file_format='array_record')
   if not builder.is_prepared():
     c = builder.builder_config
     logging.info('Building %s/%s (tiles of %dx%d) into %s.', name, c.name,
@@ -82,7 +77,7 @@ def _prepared_builder(key: tuple):
             compute_stats=tfds.download.ComputeStatsMode.SKIP))
     logging.info('Built %s/%s in %.1f s.', name, c.name,
                  time.perf_counter() - start)
-  else:
+  elif hasattr(builder, 'check_generator'):  # Generated data sets only.
     builder.check_generator()  # Never train on a stale build.
   return builder
 

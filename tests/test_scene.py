@@ -233,3 +233,10 @@ def test_entirely_nodata_tiles_are_skipped_and_counted(files, tmp_path, caplog):
   assert builder.info.splits['train'].num_examples == n_ref - 1
   assert re.search(r'holey\S* train: \d+ tile positions, 1 entirely nodata skipped',
                    caplog.text)
+
+
+def test_existing_build_is_reopened_as_by_a_new_process(run):
+  c = run['config'].data
+  n = data.benchmark_builder(c).info.splits['train'].num_examples
+  data._prepared_builder.cache_clear()  # What a rerun (resume, predict) sees.
+  assert data.benchmark_builder(c).info.splits['train'].num_examples == n
