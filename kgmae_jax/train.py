@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from etils import epath
 
 from kgmae_jax import checkpoint as ckpt_lib
 from kgmae_jax import config_lib

@@ -1,7 +1,6 @@
 """Train step: pure and deterministic, same loss on 1 and 8 devices, learns."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
