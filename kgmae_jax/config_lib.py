@@ -55,8 +55,12 @@ def base_config():
   c.lsmm = ml_collections.ConfigDict()
   c.lsmm.enabled = True  # LSMM branch on; off gives the plain ViT-MAE.
   c.lsmm.num_endmembers = 8  # M (unpublished; 8 for EnMAP scenes).
-  c.lsmm.per_pixel = False  # Abundances per pixel (p*p*M per token), else per token.
-  c.lsmm.init = "random"  # random (paper), library (class means) or data (pixels).
+  c.lsmm.head = "pixel"  # Abundances from each pixel's spectrum + token context; 'token': paper's MLP on decoder tokens.
+  c.lsmm.per_pixel = True  # head='token' only: p*p*M outputs per token (else M, shared by the patch).
+  c.lsmm.init = "kmeans"  # kmeans (blind, training pixels), vca, data (farthest-angle pixels), library, random (smooth).
+  c.lsmm.init_pixels = 8192  # Training pixels sampled for the kmeans / vca / data inits.
+  c.lsmm.max_reflectance = 1.0  # Endmembers = max * sigmoid(raw) in [0, max]; 0: softplus (>= 0, unbounded).
+  c.lsmm.lr_mult = 0.5  # Endmember learning rate / optim.lr (reflectance units, no weight decay).
   c.lsmm.learn = True  # False keeps the endmembers fixed at their init.
   c.lsmm.on_visible = True  # LSMM loss on visible tokens too, not only masked.
 
@@ -101,9 +105,31 @@ def base_config():
   return c
 
 
+# Fields added after a release, with the value that reproduces what a saved
+# config without them meant (checkpoints written before the field existed).
+_LEGACY = {
+    "lsmm.head": "token",  # Only the token head existed.
+    "lsmm.max_reflectance": 0.0,  # Softplus endmembers.
+    "lsmm.lr_mult": 1.0,
+    "lsmm.init_pixels": 8192,
+}
+
+
+def from_saved(saved):
+  """ConfigDict of a saved run's config (a dict from config.json or the
+  checkpoint's metadata); fields it predates get their legacy values."""
+  c = ml_collections.ConfigDict(saved)
+  for field, value in _LEGACY.items():
+    group, key = field.split(".")
+    if group in c and key not in c[group]:
+      c[group][key] = value
+  return c
+
+
 _DTYPES = ("float32", "bfloat16")
 _ATTENTION = ("auto", "xla", "cudnn")
-_INITS = ("random", "library", "data")
+_INITS = ("kmeans", "vca", "data", "library", "random")
+_HEADS = ("pixel", "token")
 _NONFINITE = ("error", "skip")
 
 
@@ -150,6 +176,12 @@ def validate(c, num_devices=None, num_bands=None):
   need(c.lsmm.num_endmembers >= 1, "lsmm.num_endmembers",
        f"must be >= 1, got {c.lsmm.num_endmembers}.")
   need(c.lsmm.init in _INITS, "lsmm.init", f"one of {_INITS}, got {c.lsmm.init!r}.")
+  need(c.lsmm.head in _HEADS, "lsmm.head", f"one of {_HEADS}, got {c.lsmm.head!r}.")
+  need(c.lsmm.init_pixels >= c.lsmm.num_endmembers, "lsmm.init_pixels",
+       f"must be >= lsmm.num_endmembers={c.lsmm.num_endmembers}.")
+  need(c.lsmm.max_reflectance >= 0, "lsmm.max_reflectance",
+       f"must be >= 0 (0: unbounded), got {c.lsmm.max_reflectance}.")
+  need(c.lsmm.lr_mult > 0, "lsmm.lr_mult", f"must be > 0, got {c.lsmm.lr_mult}.")
   for term in ("huber", "sam", "lsmm"):
     need(c.loss[term] >= 0, f"loss.{term}", f"must be >= 0, got {c.loss[term]}.")
   need(c.loss.huber + c.loss.sam + c.loss.lsmm > 0, "loss",

@@ -208,6 +208,16 @@ def train_iterator(data_cfg, batch_size: int, *, seed: int, start_step: int = 0,
       prefetch_buffer_size=data_cfg.prefetch)))
 
 
+def evaluation_split(data_cfg, split: str) -> str:
+  """`split`, or 'train' (logged) when `split` holds no tile (a scene too
+  small to hold out a strip; see scene.tile_grid)."""
+  if split != 'train' and len(_source(data_cfg, split)) == 0:
+    logging.warning("Split '%s' of %s holds no tile: evaluating on 'train'.",
+                    split, data_cfg.name)
+    return 'train'
+  return split
+
+
 def eval_batches(data_cfg, split: str, batch_size: int, max_tiles=None):
   """Batches of a split in tile order, unshuffled, last partial batch kept.
 

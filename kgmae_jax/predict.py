@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from kgmae_jax import checkpoint as ckpt_lib
+from kgmae_jax import config_lib
 from kgmae_jax import enmap_l2a
 from kgmae_jax import model as model_lib
 from kgmae_jax import patching
@@ -154,7 +155,7 @@ def load_checkpoint(workdir, step=None):
   ckpt = ckpt_lib.Checkpointer(workdir, 1, 10**6)  # Never prunes.
   step = ckpt.latest_step() if step is None else step
   meta = ckpt.restore_meta(step)
-  config = ml_collections.ConfigDict(meta['config'])
+  config = config_lib.from_saved(meta['config'])
   num_bands = int(meta['num_bands'])
   mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 1, 'fsdp': 1}),
                             devices=jax.devices()[:1])

@@ -260,8 +260,14 @@ def _starts(lo, hi, tile, stride):
 
 
 def tile_grid(height, width, tile, overlap, test_fraction):
-  """{'train': [(row, col)], 'test': [...]} of tile origins (module doc)."""
+  """{'train': [(row, col)], 'test': [...]} of tile origins (module doc).
+
+  A held-out strip shorter than one tile holds no tile: then every row is
+  used for training and 'test' is empty (evaluation falls back to 'train').
+  """
   split = height - int(round(test_fraction * height))
+  if height - split < tile:
+    split = height
   stride = tile - overlap
   cols = _starts(0, width, tile, stride)
   return {'train': [(r, c) for r in _starts(0, split, tile, stride) for c in cols],
@@ -331,10 +337,12 @@ def tile_shards(scenes, split, c, *, scale_field, nodata_field,
         f'config.data.tile_size: {c.tile_size} leaves no train tile in scenes '
         f'of these sizes (test_fraction={c.test_fraction}).')
   if split == 'test' and c.test_fraction > 0 and not shards:
-    raise ValueError(
-        f'config.data.test_fraction: {c.test_fraction} of the rows is less '
-        f'than one tile (tile_size={c.tile_size}) in every scene; raise it '
-        '(or set 0 and config.evals.split="train").')
+    logging.warning(
+        'config.data.test_fraction: %g of the rows is less than one tile '
+        '(tile_size=%d) in every scene, so nothing is held out: every row '
+        'trains and evaluation uses the training tiles. Raise test_fraction '
+        'to hold out a strip, or set 0 to silence this.', c.test_fraction,
+        c.tile_size)
   return shards
 
 

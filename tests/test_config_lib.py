@@ -34,7 +34,10 @@ def test_every_config_loads_and_validates(path):
     ("model.patch_size", 0, r"config.model.patch_size: must be positive"),
     ("model.width", 30, r"config.model.width: 30 must be a multiple of 4"),
     ("model.dtype", "float16", r"config.model.dtype: one of"),
-    ("lsmm.init", "vca", r"config.lsmm.init: one of"),
+    ("lsmm.init", "nfindr", r"config.lsmm.init: one of"),
+    ("lsmm.head", "patch", r"config.lsmm.head: one of"),
+    ("lsmm.max_reflectance", -1.0, r"config.lsmm.max_reflectance: must be >= 0"),
+    ("lsmm.lr_mult", 0.0, r"config.lsmm.lr_mult: must be > 0"),
     ("train.on_nonfinite", "ignore", r"config.train.on_nonfinite: one of"),
     ("train.steps", 0, r"config.train.steps: must be >= 1"),
     ("optim.lr", 0.0, r"config.optim.lr: must be positive"),
@@ -78,3 +81,12 @@ def test_unknown_field_is_refused():
   config.lock()  # As main.py loads configs (lock_config=True).
   with pytest.raises(AttributeError, match="stepz"):
     config.train.stepz = 3
+
+
+def test_saved_config_without_new_fields_keeps_its_meaning():
+  saved = tiny_config.get().to_dict()
+  for key in ("head", "max_reflectance", "lr_mult", "init_pixels"):
+    del saved["lsmm"][key]
+  c = config_lib.from_saved(saved)
+  assert (c.lsmm.head, c.lsmm.max_reflectance, c.lsmm.lr_mult) == ("token", 0.0, 1.0)
+  assert config_lib.from_saved(tiny_config.get().to_dict()).lsmm.head == "pixel"

@@ -210,12 +210,19 @@ def test_figure(run, files, tmp_path):
   np.testing.assert_allclose(out['abundances'][v].sum(-1), 1.0, atol=1e-5)
 
 
-def test_too_small_test_fraction_is_named(files, tmp_path):
+def test_too_small_test_fraction_trains_on_every_row(files, tmp_path, caplog):
   root = files['root']
   c = own_scene_config(root / 'cube.npy', root / 'wl.csv', tmp_path)
   c.data.test_fraction = 0.2  # 10 of 48 rows < one 16-pixel tile.
-  with pytest.raises(ValueError, match=r'config.data.test_fraction: 0.2 '):
-    data.benchmark_builder(c.data)
+  caplog.set_level(logging.WARNING)
+  builder = data.benchmark_builder(c.data)
+  assert 'test_fraction: 0.2 of the rows is less than one tile' in caplog.text
+  assert builder.info.splits['test'].num_examples == 0
+  full = own_scene_config(root / 'cube.npy', root / 'wl.csv', tmp_path / 'f')
+  full.data.test_fraction = 0.0
+  assert (builder.info.splits['train'].num_examples
+          == data.benchmark_builder(full.data).info.splits['train'].num_examples)
+  assert data.evaluation_split(c.data, 'test') == 'train'
 
 
 def test_entirely_nodata_tiles_are_skipped_and_counted(files, tmp_path, caplog):
