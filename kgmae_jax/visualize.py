@@ -17,12 +17,12 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from kgmae_jax import enmap  # pylint: disable=g-import-not-at-top
+from kgmae_jax import inference  # pylint: disable=g-import-not-at-top
 from kgmae_jax import plots  # pylint: disable=g-import-not-at-top
-from kgmae_jax import predict  # pylint: disable=g-import-not-at-top
+from kgmae_jax import scene  # pylint: disable=g-import-not-at-top
 
 _MAX_WINDOW = 256
 
@@ -45,24 +45,22 @@ def _angle_deg(a, b):
 def figure(workdir, input_path, output, *, pixels=None, window=None,
            scale=None, nodata=None, wavelengths='', tile=None):
   """Writes the figure (module doc) to `output`; returns the drawn arrays."""
-  model, params, meta = predict.load_checkpoint(workdir)
-  config = ml_collections.ConfigDict(meta['config'])
-  reader = predict.open_input(input_path, config, scale=scale, nodata=nodata,
-                              wavelengths=wavelengths)
-  predict.check_bands(reader, meta, workdir)
+  loaded = inference.load(workdir)
+  reader = inference.open_image(loaded, input_path, scale=scale, nodata=nodata,
+                                wavelengths=wavelengths)
   h, w, _ = reader.shape
   if window is None:  # A centred crop of at most _MAX_WINDOW pixels.
     wh, ww = min(h, _MAX_WINDOW), min(w, _MAX_WINDOW)
     window = ((h - wh) // 2, (w - ww) // 2, wh, ww)
   r0, c0, wh, ww = window
   cube, valid = reader.read(r0, c0, wh, ww)
-  recon = predict.predict_array(model, params, meta, reader, 'reconstruction',
-                                tile=tile, window=window)
-  abund = (predict.predict_array(model, params, meta, reader, 'abundances',
-                                 tile=tile, window=window)
-           if model.lsmm else None)
   reader.close()
-  wl = np.asarray(meta['wavelengths_nm'], np.float64)
+  scene.check_reflectance(cube[valid], scale_field='--scale',
+                          nodata_field='--nodata', where=reader.name)
+  recon = inference.reconstruct(loaded, cube, valid, tile=tile)
+  abund = (inference.unmix(loaded, cube, valid, tile=tile)[0]
+           if loaded.model.lsmm else None)
+  wl = loaded.wavelengths_nm
   pixels = pixels or _default_pixels(valid)
   idx = enmap.rgb_band_indices(wl)
   lo_hi = (np.nanpercentile(cube[..., idx], [2, 98]) if valid.any()
@@ -105,6 +103,8 @@ def figure(workdir, input_path, output, *, pixels=None, window=None,
 
 if __name__ == '__main__':
   # The flags are predict.py's; this entry point only defaults --what=figure.
+  # (Imported here only: the module itself does not depend on predict.)
+  from kgmae_jax import predict  # pylint: disable=g-import-not-at-top
   flags.FLAGS.set_default('what', 'figure')
   flags.mark_flags_as_required(['workdir', 'input', 'output'])
   app.run(predict.main)
