@@ -77,12 +77,15 @@ def load(workdir, step=None) -> Loaded:
 # --------------------------------------------------------- the model's calls
 # The only places that know the model's call signature and outputs.
 def init_params(model, rng):
-  """Fresh parameters of `model` from `rng`: what training starts from, less
-  any endmember initialisation from spectra (lsmm.init library | data)."""
-  p = model.patch_size
-  ids, _, _ = patching.no_masking(1, 1)
-  cube = jnp.zeros((1, p, p, model.num_bands), jnp.float32)
-  return model.init(rng, cube, ids, ids)['params']
+  """Fresh parameters of `model` from `rng`, jitted as training's init (so
+  equal to the bit): what training starts from, less any endmember
+  initialisation from spectra (lsmm.init library | data)."""
+  def init(rng):
+    p = model.patch_size
+    ids, _, _ = patching.no_masking(1, 1)
+    cube = jnp.zeros((1, p, p, model.num_bands), jnp.float32)
+    return model.init(rng, cube, ids, ids)['params']
+  return jax.jit(init)(rng)
 
 
 def _abstract_params(model):

@@ -95,3 +95,18 @@ def test_ci95_is_the_t_interval():
 def test_rows_leave_out_metrics_undefined_in_a_seed():
   row = tables._row([{"a": 1.0, "b": float("nan")}, {"a": 3.0, "b": 2.0}])
   assert set(row) == {"a"} and row["a"]["values"] == [1.0, 3.0]
+
+
+def test_untrained_encoder_is_the_trainers_init(tmp_path):
+  """restore_model(pretrained=False) builds no trainer yet gives exactly the
+  parameters training starts from (lsmm.init 'random')."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from kgmae_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  config = _tiny_config(tmp_path)
+  model, params = tables.restore_model(config, tmp_path, pretrained=False)
+  mesh = sharding.make_mesh(config.mesh)
+  b = model.num_bands
+  trainer = train.build_trainer(config, mesh, b, np.zeros(b), np.ones(b))
+  init_rng = jax.random.split(jax.random.key(config.seed), 3)[0]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params),
+               jax.device_get(trainer.init(init_rng).params))
