@@ -67,7 +67,7 @@ def write_endmembers(stem, endmembers, wavelengths_nm):
   png_path = pathlib.Path(f'{stem}_endmembers.png')
   fig, ax = plt.subplots(figsize=(7, 4))
   for j in range(m):
-    ax.plot(*plots._spectrum_xy(wavelengths_nm, em[:, j]),  # pylint: disable=protected-access
+    ax.plot(*plots.spectrum_xy(wavelengths_nm, em[:, j]),
             label=f'endmember {j}')
   ax.set(xlabel='wavelength (nm)', ylabel='reflectance',
          title='Learned endmembers')

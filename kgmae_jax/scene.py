@@ -41,6 +41,8 @@ import rasterio
 from rasterio import windows as rio_windows
 import tensorflow_datasets as tfds
 
+from kgmae_jax import spectra
+
 _ENVI_DATA_EXTS = ('', '.img', '.dat', '.raw', '.bsq', '.bil', '.bip', '.bin')
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # Pixel coordinates, no georeference.
 DATA_FIELDS = ('scene', 'wavelengths_file', 'reflectance_scale', 'nodata',
@@ -78,13 +80,6 @@ def to_nm(w, units='') -> np.ndarray:
   return w
 
 
-def read_envi_header(path) -> dict[str, str]:
-  """`key = value` and `key = { ... }` entries of an ENVI header, keys lower."""
-  text = pathlib.Path(path).read_text()
-  entries = re.findall(r'^\s*([^=\n]+?)\s*=\s*(\{[^}]*\}|[^\n]*)', text, re.M)
-  return {k.strip().lower(): v.strip().strip('{}').strip() for k, v in entries}
-
-
 def _floats(text: str) -> np.ndarray:
   return np.array([float(v) for v in re.split(r'[,\s]+', text.strip()) if v])
 
@@ -117,7 +112,7 @@ class RasterScene:
     path = pathlib.Path(path)
     header = None
     if path.suffix.lower() == '.hdr':
-      header = read_envi_header(path)
+      header = spectra.read_envi_header(path)
       stem = path.with_suffix('')
       data = [stem.with_name(stem.name + e) for e in _ENVI_DATA_EXTS]
       data = [p for p in data if p.is_file()]
@@ -127,7 +122,7 @@ class RasterScene:
       path = data[0]
     elif (path.with_suffix('.hdr').is_file()
           and path.suffix.lower() not in ('.tif', '.tiff')):
-      header = read_envi_header(path.with_suffix('.hdr'))
+      header = spectra.read_envi_header(path.with_suffix('.hdr'))
     self.name = path.name
     self._src = rasterio.open(path)
     src = self._src

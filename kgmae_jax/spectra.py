@@ -47,9 +47,10 @@ def _package_dir(name: str) -> pathlib.Path:
   return pathlib.Path(list(spec.submodule_search_locations)[0])
 
 
-def _read_envi_header(path: pathlib.Path) -> dict[str, str]:
-  """Parses ``key = value`` and ``key = { ... }`` entries of an ENVI header."""
-  text = path.read_text()
+def read_envi_header(path) -> dict[str, str]:
+  """``key = value`` and ``key = { ... }`` entries of an ENVI header, keys
+  lower case."""
+  text = pathlib.Path(path).read_text()
   entries = re.findall(r'^\s*([^=\n]+?)\s*=\s*(\{[^}]*\}|[^\n]*)', text, re.M)
   return {k.strip().lower(): v.strip().strip('{}').strip() for k, v in entries}
 
@@ -64,7 +65,7 @@ def load_earthlib() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     float for LAT and LON (NaN where empty).
   """
   data = _package_dir('earthlib') / 'data'
-  header = _read_envi_header(data / 'spectra.sli.hdr')
+  header = read_envi_header(data / 'spectra.sli.hdr')
   if header['data type'] != '4' or header['byte order'] != '0':
     raise ValueError(f'Expected little-endian float32 in {data}/spectra.sli.')
   scale = {'micrometers': 1000.0, 'nanometers': 1.0}[

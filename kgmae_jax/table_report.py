@@ -5,7 +5,6 @@ terms, label-fraction curves)."""
 
 import datetime
 import shutil
-import subprocess
 import sys
 
 import matplotlib
@@ -14,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from etils import epath
+from scipy import stats as scipy_stats
 
 from kgmae_jax import report
 
@@ -77,15 +77,24 @@ def markdown_table(name, table):
   return out
 
 
+def ci95(values):
+  """(mean, [lo, hi]) of per-seed values: t-distribution 95 % interval."""
+  v = np.asarray(values, np.float64)
+  mean = float(v.mean())
+  if len(v) < 2:
+    return mean, [mean, mean]
+  half = scipy_stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+  return mean, [mean - half, mean + half]
+
+
 def _paired(tables, table, row_a, row_b, metric):
   """Per-seed difference a - b: (mean, lo, hi) of its 95 % CI, or None."""
-  from kgmae_jax import tables as tables_lib  # pylint: disable=g-import-not-at-top
   try:
     a = tables[table][row_a][metric]["values"]
     b = tables[table][row_b][metric]["values"]
   except KeyError:
     return None
-  mean, (lo, hi) = tables_lib.ci95(np.subtract(a, b))
+  mean, (lo, hi) = ci95(np.subtract(a, b))
   return mean, lo, hi
 
 
@@ -208,15 +217,6 @@ def write_figures(workdir, records, tables, config):
   return out
 
 
-def git_revision():
-  try:
-    return subprocess.run(["git", "describe", "--always", "--dirty"],
-                          capture_output=True, text=True, check=True,
-                          timeout=10).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-
-
 def write_markdown(path, tables, figures, config, revisions=()):
   tc = config.tables
   cmd = "python -m kgmae_jax.main " + " ".join(sys.argv[1:])
@@ -227,7 +227,7 @@ def write_markdown(path, tables, figures, config, revisions=()):
       "- git revisions that ran this workdir (resumes and report rewrites "
       "included): "
       + ", ".join(f"`{r}`" for r in revisions)
-      + f"; report written at `{git_revision()}`",
+      + f"; report written at `{report.git_revision()}`",
       f"- written: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
       f"- seeds: {list(tc.seeds)}; every run: {config.train.steps} steps of batch "
       f"{config.train.batch_size}, tiles {config.data.tile_size}x"

@@ -27,7 +27,6 @@ import jax
 import numpy as np
 from absl import logging
 from etils import epath
-from scipy import stats as scipy_stats
 
 from kgmae_jax import data
 from kgmae_jax import downstream
@@ -196,18 +195,8 @@ def collect(config, workdir):
 
 
 # ---------------------------------------------------------------- aggregation
-def ci95(values):
-  """(mean, [lo, hi]) of per-seed values: t-distribution 95 % interval."""
-  v = np.asarray(values, np.float64)
-  mean = float(v.mean())
-  if len(v) < 2:
-    return mean, [mean, mean]
-  half = scipy_stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-  return mean, [mean - half, mean + half]
-
-
 def _cell(values):
-  mean, (lo, hi) = ci95(values)
+  mean, (lo, hi) = table_report.ci95(values)
   return {"mean": mean, "ci95": [lo, hi], "values": [float(x) for x in values]}
 
 
@@ -330,8 +319,8 @@ def run(config, workdir):
   # Every code revision that ran part of this workdir (resumes can mix them).
   rev_path = workdir / "revisions.json"
   revisions = json.loads(rev_path.read_text()) if rev_path.exists() else []
-  if table_report.git_revision() not in revisions:
-    revisions.append(table_report.git_revision())
+  if report.git_revision() not in revisions:
+    revisions.append(report.git_revision())
     report.write_json(rev_path, revisions)
   records = collect(config, workdir)
   tables = build_tables(records, config)

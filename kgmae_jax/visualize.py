@@ -23,6 +23,7 @@ from kgmae_jax import enmap  # pylint: disable=g-import-not-at-top
 from kgmae_jax import inference  # pylint: disable=g-import-not-at-top
 from kgmae_jax import plots  # pylint: disable=g-import-not-at-top
 from kgmae_jax import scene  # pylint: disable=g-import-not-at-top
+from kgmae_jax import unmixing  # pylint: disable=g-import-not-at-top
 
 _MAX_WINDOW = 256
 
@@ -33,13 +34,6 @@ def _default_pixels(valid, k=3):
     return []
   idx = np.linspace(0, len(ys) - 1, k + 2)[1:-1].astype(int)
   return [(int(ys[i]), int(xs[i])) for i in idx]
-
-
-def _angle_deg(a, b):
-  """Per-pixel spectral angle (degrees) of (H, W, B) arrays; NaN propagates."""
-  cos = (a * b).sum(-1) / np.maximum(
-      np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
-  return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
 def figure(workdir, input_path, output, *, pixels=None, window=None,
@@ -75,18 +69,19 @@ def figure(workdir, input_path, output, *, pixels=None, window=None,
     ax.set_axis_off()
   for j, (img, title) in enumerate(((cube, 'input'),
                                     (recon, 'reconstruction'))):
-    axes[0, j].imshow(np.nan_to_num(plots._rgb(img, idx, lo_hi)))  # pylint: disable=protected-access
+    axes[0, j].imshow(np.nan_to_num(plots.rgb(img, idx, lo_hi)))
     axes[0, j].set_title(f'{title} (false colour)', fontsize=9)
     for k, (y, x) in enumerate(pixels):
       axes[0, j].plot(x, y, 'o', mfc='none', mec=f'C{k}')
-  im = axes[0, 2].imshow(_angle_deg(cube, recon), cmap='magma')
+  im = axes[0, 2].imshow(np.degrees(unmixing.spectral_angle(cube, recon)),
+                         cmap='magma')
   axes[0, 2].set_title('spectral angle (deg)', fontsize=9)
   fig.colorbar(im, ax=axes[0, 2], fraction=0.046)
   for k, (y, x) in enumerate(pixels):
     ax = axes[1, k]
     ax.set_axis_on()
-    ax.plot(*plots._spectrum_xy(wl, cube[y, x]), 'k-', label='input')  # pylint: disable=protected-access
-    ax.plot(*plots._spectrum_xy(wl, recon[y, x]), f'C{k}--',  # pylint: disable=protected-access
+    ax.plot(*plots.spectrum_xy(wl, cube[y, x]), 'k-', label='input')
+    ax.plot(*plots.spectrum_xy(wl, recon[y, x]), f'C{k}--',
             label='reconstruction')
     ax.set(xlabel='wavelength (nm)', ylabel='reflectance',
            title=f'pixel ({r0 + y}, {c0 + x})')

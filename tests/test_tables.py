@@ -8,6 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from kgmae_jax import table_report
 from kgmae_jax import tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -85,11 +86,11 @@ def test_tables_end_to_end_and_resume(tmp_path):
 def test_ci95_is_the_t_interval():
   from scipy import stats
   values = [1.0, 2.5, 1.7, 3.1]
-  mean, (lo, hi) = tables.ci95(values)
+  mean, (lo, hi) = table_report.ci95(values)
   ref = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
                          scale=stats.sem(values))
   np.testing.assert_allclose([mean, lo, hi], [np.mean(values), *ref], rtol=1e-12)
-  assert tables.ci95([2.0]) == (2.0, [2.0, 2.0])
+  assert table_report.ci95([2.0]) == (2.0, [2.0, 2.0])
 
 
 def test_rows_leave_out_metrics_undefined_in_a_seed():
