@@ -97,7 +97,7 @@ def _build(folder, out_dir):
   c.data_dir, c.tile_size, c.test_fraction = f'{out_dir}/tfds', 224, 0.25
   tracemalloc.start()
   t0 = time.perf_counter()
-  builder = data.benchmark_builder(c)
+  builder = data.prepared_builder(c)
   _, peak = tracemalloc.get_traced_memory()
   return {'build_s': time.perf_counter() - t0,
           'build_tiles': {k: v.num_examples for k, v in
