@@ -219,10 +219,8 @@ def is_product(path) -> bool:
 @dataclasses.dataclass(eq=False, kw_only=True)
 class L2AConfig(scene.TiledConfig):
   """Products and their tiling."""
-  manual_dir: str = ''
-  reflectance_scale: float = 0.0
-  tile_size: int = 224
-  products: tuple = ()  # Product names found: new products, new build.
+  manual_dir: str
+  products: tuple  # Product names found: new products, new build.
 
   def __post_init__(self):
     super().__post_init__()

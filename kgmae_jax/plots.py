@@ -22,6 +22,13 @@ def spectrum_xy(wavelengths, values):
   return x, y
 
 
+def save(fig, path, dpi=100):
+  """Lays out, writes and closes `fig`."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+
+
 def rgb(cube, idx, lo_hi):
   """(..., 3) false colour in [0, 1] of bands `idx`, stretched over lo_hi."""
   lo, hi = lo_hi
@@ -87,9 +94,7 @@ def reconstructions(plot, wavelengths, out_path):
     ax.set(xlabel="wavelength (nm)", ylabel="reflectance",
            title=f"masked pixel ({y}, {x})")
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
-  plt.close(fig)
+  save(fig, out_path)
 
 
 def endmembers(plot, wavelengths, class_names, sad_deg, out_path):
@@ -119,9 +124,17 @@ def endmembers(plot, wavelengths, class_names, sad_deg, out_path):
     ax.set_title(title, fontsize=8)
     ax.set(xlabel="nm", ylabel="reflectance")
     ax.legend(fontsize=6)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
-  plt.close(fig)
+  save(fig, out_path)
+
+
+def spectra(curves, wavelengths, out_path, title):
+  """One line per (label, (B,) reflectance) in `curves`, against nm."""
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for label, values in curves:
+    ax.plot(*spectrum_xy(wavelengths, values), label=label)
+  ax.set(xlabel="wavelength (nm)", ylabel="reflectance", title=title)
+  ax.legend(fontsize=7)
+  save(fig, out_path)
 
 
 def abundance_maps(plot, class_names, out_path):
@@ -138,9 +151,7 @@ def abundance_maps(plot, class_names, out_path):
     axes[1, j].set_title(f"pred. endmember {r}", fontsize=8)
     for ax in axes[:, j]:
       ax.set_axis_off()
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
-  plt.close(fig)
+  save(fig, out_path)
 
 
 def write_all(workdir, summary, wavelengths, class_names):

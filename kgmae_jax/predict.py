@@ -57,7 +57,6 @@ def write_geotiff(path, array, *, crs, transform, factor=1, descriptions=()):
 def write_endmembers(stem, endmembers, wavelengths_nm):
   """`<stem>_endmembers.csv` and `.png` of (B, M) endmembers; returns paths."""
   from kgmae_jax import plots  # pylint: disable=g-import-not-at-top
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   em = np.asarray(endmembers, np.float64)
   m = em.shape[1]
   csv_path = pathlib.Path(f'{stem}_endmembers.csv')
@@ -65,16 +64,8 @@ def write_endmembers(stem, endmembers, wavelengths_nm):
   np.savetxt(csv_path, np.column_stack([wavelengths_nm, em]), delimiter=',',
              header=header, comments='', fmt='%.6g')
   png_path = pathlib.Path(f'{stem}_endmembers.png')
-  fig, ax = plt.subplots(figsize=(7, 4))
-  for j in range(m):
-    ax.plot(*plots.spectrum_xy(wavelengths_nm, em[:, j]),
-            label=f'endmember {j}')
-  ax.set(xlabel='wavelength (nm)', ylabel='reflectance',
-         title='Learned endmembers')
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)
+  plots.spectra([(f'endmember {j}', em[:, j]) for j in range(m)],
+                wavelengths_nm, png_path, 'Learned endmembers')
   return csv_path, png_path
 
 

@@ -410,13 +410,15 @@ def config_name(prefix, params: dict) -> str:
 # ------------------------------------------------------------------ builders
 @dataclasses.dataclass(eq=False, kw_only=True)
 class TiledConfig(tfds.core.BuilderConfig):
-  """Tiling of scenes; `name` is a digest of every parameter."""
+  """Tiling of scenes; `name` is a digest of every parameter. The values are
+  the `config.data` fields of the same names (no defaults here: config_lib
+  holds them)."""
   name: str = dataclasses.field(default='', init=False)
-  reflectance_scale: float = 1.0
-  tile_size: int = 64
-  tile_overlap: int = 0
-  min_valid_fraction: float = 0.5
-  test_fraction: float = 0.1
+  reflectance_scale: float
+  tile_size: int
+  tile_overlap: int
+  min_valid_fraction: float
+  test_fraction: float
 
   def __post_init__(self):
     params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -474,13 +476,10 @@ class TiledScenes(dataset.DataSet, skip_registration=True):
 @dataclasses.dataclass(eq=False, kw_only=True)
 class SceneConfig(TiledConfig):
   """One user cube and its tiling."""
-  scene: str = ''
-  wavelengths_file: str = ''
-  reflectance_scale: float = 1.0
-  nodata: float = -32768.0
-  tile_size: int = 64
-  tile_overlap: int = 32
-  stamp: str = ''  # File size and mtime: a changed file is a new build.
+  scene: str
+  wavelengths_file: str
+  nodata: float
+  stamp: str  # File size and mtime: a changed file is a new build.
 
   def __post_init__(self):
     super().__post_init__()

@@ -89,9 +89,7 @@ def figure(workdir, input_path, output, *, pixels=None, window=None,
   for j in range(m):
     axes[2, j].imshow(abund[..., j], vmin=0, vmax=1, cmap='viridis')
     axes[2, j].set_title(f'abundance, endmember {j}', fontsize=9)
-  fig.tight_layout()
-  fig.savefig(output, dpi=100)
-  plt.close(fig)
+  plots.save(fig, output)
   return {'cube': cube, 'valid': valid, 'reconstruction': recon,
           'abundances': abund, 'pixels': pixels}
 
