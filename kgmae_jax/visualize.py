@@ -9,6 +9,8 @@ colour (bands nearest 650/550/470 nm, 2-98 % stretch of the input) of the
 input and of the reconstruction without masking, and the per-pixel spectral
 angle between them. Row 2: spectra at the chosen pixels (default: three valid
 pixels spread over the window). Row 3: abundance maps (LSMM models).
+Reconstruction and abundances are `inference.reconstruct` / `unmix` of the
+window (tiled as predict tiles the whole image).
 """
 
 from absl import app

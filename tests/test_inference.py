@@ -65,6 +65,18 @@ def test_load_builds_no_optimiser_and_no_train_step(workdir, monkeypatch):
                jax.device_get(state.params))
 
 
+def test_inference_does_not_depend_on_the_trainer():
+  from tests import test_imports  # pylint: disable=g-import-not-at-top
+  graph = test_imports.import_graph()
+  seen, todo = set(), ['inference']
+  while todo:
+    for dep in graph[todo.pop()] - seen:
+      seen.add(dep)
+      todo.append(dep)
+  assert {'model', 'checkpoint'} <= seen
+  assert not seen & {'train', 'sharding', 'data', 'evaluate'}, seen
+
+
 def test_one_tile_matches_the_model(workdir):
   """A cube of exactly one tile: the blend is that tile's output."""
   loaded = inference.load(workdir)
