@@ -126,6 +126,30 @@ def from_saved(saved):
   return c
 
 
+# Named model sizes (as big_vision's `decode_variant`): the `model` fields a
+# preset sets; everything else keeps base_config()'s value.
+_MODEL_FIELDS = ("patch_size", "width", "depth", "num_heads", "dec_width",
+                 "dec_depth", "dec_num_heads", "mlp_ratio")
+MODEL_PRESETS = {
+    # The paper's size (base_config): patch 16, width 512, 12 + 8 blocks.
+    "paper": (16, 512, 12, 8, 512, 8, 8, 4.0),
+    # CPU minutes: quickstart, own_scene, paper_tables:small.
+    "tiny": (4, 64, 2, 4, 64, 1, 4, 2.0),
+    # Seconds per run: paper_tables:tiny, the end-to-end test.
+    "micro": (8, 16, 1, 2, 16, 1, 2, 2.0),
+}
+
+
+def model_preset(c, name):
+  """Sets config `c`'s model size to MODEL_PRESETS[name]; returns `c`."""
+  if name not in MODEL_PRESETS:
+    raise ValueError(f"Unknown model preset {name!r}; known: "
+                     f"{sorted(MODEL_PRESETS)}.")
+  for field, value in zip(_MODEL_FIELDS, MODEL_PRESETS[name]):
+    c.model[field] = value
+  return c
+
+
 _DTYPES = ("float32", "bfloat16")
 _ATTENTION = ("auto", "xla", "cudnn")
 _INITS = ("kmeans", "vca", "data", "library", "random")

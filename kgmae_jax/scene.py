@@ -1,16 +1,14 @@
 r"""A user's own hyperspectral cube: readers, tiling, and the `own_scene` builder.
 
-Readers give windowed access to a cube of any sensor in reflectance units:
+Readers (`Reader`) give windowed access to a cube of any sensor in
+reflectance units:
   * GeoTIFF (any band count; rasterio, windowed reads);
   * ENVI (`.hdr` + data file; rasterio's ENVI driver, header parsed here for
     the wavelengths);
-  * `.npy` (H, W, B), memory-mapped, with a wavelengths file.
-Every reader has `name`, `shape` (H, W, B), `wavelengths_nm` (B,), `crs` (WKT,
-'' when unknown), `transform` (6 affine coefficients a, b, c, d, e, f) and
-`read(row, col, height, width) -> (cube (h, w, B) float32 reflectance, NaN at
-invalid pixels; valid (h, w) bool)`; windows may extend past the image
-(padding is invalid). A pixel is invalid where any band is non-finite or equals
-the nodata value (`config.data.nodata` or the file's own nodata tag).
+  * `.npy` (H, W, B), memory-mapped, with a wavelengths file;
+  * an EnMAP L2A product (`enmap_l2a.L2AProduct`).
+A pixel is invalid where any band is non-finite or equals the nodata value
+(`config.data.nodata` or the file's own nodata tag).
 
 Tiling (`tile_grid`): the bottom `test_fraction` of each scene's rows is the
 `test` split, the rest `train`; tiles of `tile_size` step by
@@ -19,14 +17,15 @@ is shifted to end at the border), so test tiles never overlap train tiles.
 Tiles with fewer than `min_valid_fraction` valid pixels are dropped; every
 kept tile's values must look like reflectance (`check_reflectance`).
 
-The builders are `tfds.core.ShardBasedBuilder`s with one shard per tile row:
-a `GeneratorBasedBuilder` passes every example through TFDS's shuffler, which
-keeps up to 1 GB in memory and then needs TensorFlow to spill to disk.
+`TiledScenes` is the builder skeleton of this module's `SceneBuilder` and of
+`enmap_l2a.EnmapL2ABuilder`: scenes (readers) cut into tiles, one shard per
+tile row (see dataset.py).
 
   python -m kgmae_jax.main --config configs/own_scene.py \
       --config.data.scene=/path/cube.tif --workdir runs/own
 """
 
+import abc
 import dataclasses
 import functools
 import hashlib
@@ -34,12 +33,17 @@ import json
 import os
 import pathlib
 import re
+import sys
+from typing import Callable, Optional
 
 from absl import logging
 import numpy as np
 import rasterio
 from rasterio import windows as rio_windows
 import tensorflow_datasets as tfds
+
+from kgmae_jax import dataset
+from kgmae_jax import spectra
 
 _ENVI_DATA_EXTS = ('', '.img', '.dat', '.raw', '.bsq', '.bil', '.bip', '.bin')
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # Pixel coordinates, no georeference.
@@ -78,13 +82,6 @@ def to_nm(w, units='') -> np.ndarray:
   return w
 
 
-def read_envi_header(path) -> dict[str, str]:
-  """`key = value` and `key = { ... }` entries of an ENVI header, keys lower."""
-  text = pathlib.Path(path).read_text()
-  entries = re.findall(r'^\s*([^=\n]+?)\s*=\s*(\{[^}]*\}|[^\n]*)', text, re.M)
-  return {k.strip().lower(): v.strip().strip('{}').strip() for k, v in entries}
-
-
 def _floats(text: str) -> np.ndarray:
   return np.array([float(v) for v in re.split(r'[,\s]+', text.strip()) if v])
 
@@ -110,14 +107,39 @@ def _invalid_to_nan(cube, valid):
   return cube, valid
 
 
-class RasterScene:
+class Reader(abc.ABC):
+  """Windowed access to one cube in reflectance units."""
+  name: str  # For messages: the file or product name.
+  shape: tuple[int, int, int]  # (H, W, B).
+  wavelengths_nm: np.ndarray  # (B,) band centres.
+  fwhm_nm: Optional[np.ndarray] = None  # (B,) band widths, if known.
+  crs: str = ''  # WKT; '' when unknown.
+  transform: tuple = IDENTITY  # 6 affine coefficients a, b, c, d, e, f.
+
+  @abc.abstractmethod
+  def read(self, row, col, height, width):
+    """(cube (h, w, B) float32 reflectance, NaN at invalid pixels; valid
+    (h, w) bool). Windows may extend past the image (padding is invalid)."""
+
+  def finish(self, warn=True, count=None) -> int:
+    """After the reads of a build: how many values the reads dropped that
+    should have been fill (0 unless the format has such bands); warns if
+    `warn` and that (or `count`, summed over several readers) is > 0."""
+    del warn, count
+    return 0
+
+  def close(self):
+    pass
+
+
+class RasterScene(Reader):
   """A GeoTIFF or ENVI cube through rasterio (windowed reads)."""
 
   def __init__(self, path, *, scale=1.0, nodata=None, wavelengths_nm=None):
     path = pathlib.Path(path)
     header = None
     if path.suffix.lower() == '.hdr':
-      header = read_envi_header(path)
+      header = spectra.read_envi_header(path)
       stem = path.with_suffix('')
       data = [stem.with_name(stem.name + e) for e in _ENVI_DATA_EXTS]
       data = [p for p in data if p.is_file()]
@@ -127,7 +149,7 @@ class RasterScene:
       path = data[0]
     elif (path.with_suffix('.hdr').is_file()
           and path.suffix.lower() not in ('.tif', '.tiff')):
-      header = read_envi_header(path.with_suffix('.hdr'))
+      header = spectra.read_envi_header(path.with_suffix('.hdr'))
     self.name = path.name
     self._src = rasterio.open(path)
     src = self._src
@@ -177,7 +199,7 @@ class RasterScene:
     self._src.close()
 
 
-class NpyScene:
+class NpyScene(Reader):
   """A `.npy` (H, W, B) cube, memory-mapped; no georeference."""
 
   def __init__(self, path, *, wavelengths_nm, scale=1.0, nodata=None):
@@ -207,9 +229,6 @@ class NpyScene:
     for v in self.nodata:
       valid &= ~(raw == v).any(-1)
     return _invalid_to_nan(raw * np.float32(self.scale), valid)
-
-  def close(self):
-    pass
 
 
 def open_scene(path, *, scale=1.0, nodata=None, wavelengths_file=''):
@@ -373,17 +392,15 @@ def _row_tiles(open_fn, index, row, cols, *, c, split, scale_field,
         'transform': np.asarray(window_transform(s.transform, row, col)),
         'row': np.int32(row), 'col': np.int32(col),
         'tile_id': np.int64(tile_id)}
-  finish = getattr(s, 'finish', None)
-  if finish is not None:
-    stats['dropped_not_fill'] += finish(warn=False)
+  stats['dropped_not_fill'] += s.finish(warn=False)
   s.close()
   if scene_done:
     logging.info('%s %s: %d tile positions, %d entirely nodata skipped, %d '
                  'below min_valid_fraction=%g skipped.', s.name, split,
                  stats['positions'], stats['empty'], stats['sparse'],
                  c.min_valid_fraction)
-    if stats['dropped_not_fill'] and finish is not None:
-      finish(count=stats['dropped_not_fill'])
+    if stats['dropped_not_fill']:
+      s.finish(count=stats['dropped_not_fill'])
   if last and split == 'train' and not counts['kept']:
     raise ValueError(
         f'{empty_field}: no train tile has min_valid_fraction='
@@ -398,37 +415,93 @@ def config_name(prefix, params: dict) -> str:
   return f'{prefix}_t{params["tile_size"]}_{digest[:12]}'
 
 
-# ------------------------------------------------------------------- builder
+# ------------------------------------------------------------------ builders
 @dataclasses.dataclass(eq=False, kw_only=True)
-class SceneConfig(tfds.core.BuilderConfig):
-  """One user cube and its tiling; `name` is a digest of all parameters."""
+class TiledConfig(tfds.core.BuilderConfig):
+  """Tiling of scenes; `name` is a digest of every parameter. The values are
+  the `config.data` fields of the same names (no defaults here: config_lib
+  holds them)."""
   name: str = dataclasses.field(default='', init=False)
-  scene: str = ''
-  wavelengths_file: str = ''
-  reflectance_scale: float = 1.0
-  nodata: float = -32768.0
-  tile_size: int = 64
-  tile_overlap: int = 32
-  min_valid_fraction: float = 0.5
-  test_fraction: float = 0.1
-  stamp: str = ''  # File size and mtime: a changed file is a new build.
+  reflectance_scale: float
+  tile_size: int
+  tile_overlap: int
+  min_valid_fraction: float
+  test_fraction: float
 
   def __post_init__(self):
     params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
               if f.init}
-    self.name = config_name('scene', params)
+    self.name = config_name(self.prefix(), params)
+
+  def prefix(self) -> str:
+    """Start of the config name."""
+    raise NotImplementedError
+
+
+class TiledScenes(dataset.DataSet, skip_registration=True):
+  """Scenes cut into tiles (module doc): features `tile_features`, metadata
+  `wavelengths_nm` (`fwhm_nm` if known) and `scenes`, splits train and test.
+  Subclasses give `_scenes` and `_num_bands`."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  NODATA_FIELD = 'config.data.nodata'  # Named when values look like fill.
+  EMPTY_FIELD = None  # Named when no train tile is kept; None: NODATA_FIELD.
+
+  @abc.abstractmethod
+  def _scenes(self, dl_manager) -> list[tuple[str, Callable[[], Reader]]]:
+    """(name, open) of every scene of the build, in order."""
+
+  @abc.abstractmethod
+  def _num_bands(self) -> int:
+    """B of every scene."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=sys.modules[type(self).__module__].__doc__,
+        features=tile_features(self.builder_config.tile_size,
+                               self._num_bands()),
+        metadata=tfds.core.MetadataDict())
+
+  def _shard_iterators_per_split(self, dl_manager):
+    scenes = self._scenes(dl_manager)
+    first = scenes[0][1]()
+    self.info.metadata['wavelengths_nm'] = first.wavelengths_nm.tolist()
+    if first.fwhm_nm is not None:
+      self.info.metadata['fwhm_nm'] = first.fwhm_nm.tolist()
+    first.close()
+    self.info.metadata['scenes'] = [name for name, _ in scenes]
+    opens = [open_fn for _, open_fn in scenes]
+    kw = dict(scale_field='config.data.reflectance_scale',
+              nodata_field=self.NODATA_FIELD, empty_field=self.EMPTY_FIELD)
+    out = {'train': tile_shards(opens, 'train', self.builder_config, **kw)}
+    test = tile_shards(opens, 'test', self.builder_config, **kw)
+    if test:
+      out['test'] = test
+    return out
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class SceneConfig(TiledConfig):
+  """One user cube and its tiling."""
+  scene: str
+  wavelengths_file: str
+  nodata: float
+  stamp: str  # File size and mtime: a changed file is a new build.
+
+  def __post_init__(self):
+    super().__post_init__()
     self.description = f'Tiles of {self.scene}.'
 
+  def prefix(self):
+    return 'scene'
 
-class SceneBuilder(tfds.core.ShardBasedBuilder):
+
+class SceneBuilder(TiledScenes):
   """TFDS builder of one user cube (`config.data.name = 'own_scene'`)."""
 
   name = 'own_scene'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
   DATA_FIELDS = DATA_FIELDS
-  SPLIT_HINT = 'config.data.test_fraction'
-  code_path = None  # As in benchmark.py (tensorflow/datasets#11212).
 
   @classmethod
   def make_builder_config(cls, data_dir, **params):
@@ -449,26 +522,13 @@ class SceneBuilder(tfds.core.ShardBasedBuilder):
     return open_scene(c.scene, scale=c.reflectance_scale, nodata=c.nodata,
                       wavelengths_file=c.wavelengths_file)
 
-  def _info(self) -> tfds.core.DatasetInfo:
+  def _num_bands(self):
     s = self._open()
-    bands = s.shape[2]
     s.close()
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tile_features(self.builder_config.tile_size, bands),
-        metadata=tfds.core.MetadataDict())
+    return s.shape[2]
 
-  def _shard_iterators_per_split(self, dl_manager):
+  def _scenes(self, dl_manager):
     del dl_manager
     s = self._open()
-    self.info.metadata['wavelengths_nm'] = s.wavelengths_nm.tolist()
-    self.info.metadata['scenes'] = [s.name]
     s.close()
-    kw = dict(scale_field='config.data.reflectance_scale',
-              nodata_field='config.data.nodata')
-    out = {'train': tile_shards([self._open], 'train', self.builder_config,
-                                **kw)}
-    test = tile_shards([self._open], 'test', self.builder_config, **kw)
-    if test:
-      out['test'] = test
-    return out
+    return [(s.name, self._open)]

@@ -360,7 +360,7 @@ def train_and_evaluate(config, workdir):
   logging.info("Mesh: %s", dict(mesh.shape))
 
   # Data.
-  data.benchmark_builder(config.data)
+  data.prepared_builder(config.data)
   stats = data.band_stats(config.data)
   wavelengths = np.asarray(data.wavelengths(config.data), np.float32)
   num_bands = len(wavelengths)

@@ -12,13 +12,21 @@ from kgmae_jax import enmap
 from kgmae_jax import spectra
 
 
+def _unit(x):
+  x = np.asarray(x, np.float64)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def spectral_angle(a, b):
+  """Angles (radians, float64) between spectra a (..., B) and b (..., B),
+  broadcast: shape (...); NaN in a spectrum gives NaN. (The JAX version,
+  with finite gradients at 0, is `losses.spectral_angle`.)"""
+  return np.arccos(np.clip((_unit(a) * _unit(b)).sum(-1), -1.0, 1.0))
+
+
 def spectral_angle_matrix(a, b):
   """Angles (radians) between rows of a (m, B) and b (k, B): (m, k), float64."""
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-  bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-  return np.arccos(np.clip(an @ bn.T, -1.0, 1.0))
+  return np.arccos(np.clip(_unit(a) @ _unit(b).T, -1.0, 1.0))
 
 
 def match_endmembers(learned, true):

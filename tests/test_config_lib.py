@@ -90,3 +90,17 @@ def test_saved_config_without_new_fields_keeps_its_meaning():
   c = config_lib.from_saved(saved)
   assert (c.lsmm.head, c.lsmm.max_reflectance, c.lsmm.lr_mult) == ("token", 0.0, 1.0)
   assert config_lib.from_saved(tiny_config.get().to_dict()).lsmm.head == "pixel"
+
+
+def test_model_presets():
+  # 'paper' is base_config()'s size; 'tiny' is the quickstart's model, whose
+  # numbers the README reports (changing it changes them).
+  base = config_lib.base_config()
+  assert config_lib.model_preset(config_lib.base_config(), "paper").to_dict() == (
+      base.to_dict())
+  c = config_lib.model_preset(config_lib.base_config(), "tiny")
+  assert dict(c.model) == dict(base.model) | dict(
+      patch_size=4, width=64, depth=2, num_heads=4, dec_width=64, dec_depth=1,
+      dec_num_heads=4, mlp_ratio=2.0)
+  with pytest.raises(ValueError, match="Unknown model preset 'huge'"):
+    config_lib.model_preset(c, "huge")

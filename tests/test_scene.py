@@ -136,7 +136,7 @@ def test_tile_grid_covers_and_keeps_test_apart():
 def test_pretrain_and_predict_abundances(run, files, tmp_path):
   c = run['config'].data
   assert len(data.wavelengths(c)) == 198 and data.class_names(c) == ()
-  assert data.benchmark_builder(c).info.splits['test'].num_examples == 5
+  assert data.prepared_builder(c).info.splits['test'].num_examples == 5
   out = tmp_path / 'a.tif'
   result = predict.run(run['workdir'], files['root'] / 'cube.tif', out,
                        tile=16, overlap=8)
@@ -164,22 +164,22 @@ def test_implausible_values_name_the_field(files, tmp_path):
   c.data.reflectance_scale = 1.0
   with pytest.raises(ValueError, match=r'config.data.reflectance_scale: '
                      'median value .* raw digital numbers'):
-    data.benchmark_builder(c.data)
+    data.prepared_builder(c.data)
   c.data.reflectance_scale, c.data.nodata = 1e-4, -1.0
   with pytest.raises(ValueError, match=r'config.data.nodata: .* below'):
-    data.benchmark_builder(c.data)
+    data.prepared_builder(c.data)
   np.save(tmp_path / 'empty.npy', np.full((48, 48, 198), NODATA, np.float32))
   c.data.scene, c.data.nodata = str(tmp_path / 'empty.npy'), NODATA
   with pytest.raises(ValueError, match=r'config.data.nodata: no train tile'):
-    data.benchmark_builder(c.data)
+    data.prepared_builder(c.data)
   np.save(tmp_path / 'small.npy', np.full((20, 20, 198), 0.1, np.float32))
   c.data.scene = str(tmp_path / 'small.npy')
   with pytest.raises(ValueError, match=r'config.data.tile_size: 16 leaves no '
                      'train tile'):
-    data.benchmark_builder(c.data)
+    data.prepared_builder(c.data)
   c.data.scene = str(tmp_path / 'missing.tif')
   with pytest.raises(FileNotFoundError, match=r'config.data.scene'):
-    data.benchmark_builder(c.data)
+    data.prepared_builder(c.data)
   c.data.scene, c.data.wavelengths_file = str(root / 'cube.npy'), ''
   with pytest.raises(ValueError, match=r'config.data.wavelengths_file'):
     scene.open_scene(c.data.scene)
@@ -232,11 +232,11 @@ def test_entirely_nodata_tiles_are_skipped_and_counted(files, tmp_path, caplog):
   c = own_scene_config(tmp_path / 'holey.npy', files['root'] / 'wl.csv', tmp_path / 'd')
   c.data.min_valid_fraction = 0.01  # Only entirely empty tiles are dropped.
   caplog.set_level(logging.INFO)
-  builder = data.benchmark_builder(c.data)
+  builder = data.prepared_builder(c.data)
   ref = own_scene_config(files['root'] / 'cube.npy', files['root'] / 'wl.csv',
                          tmp_path / 'r')
   ref.data.min_valid_fraction = 0.01
-  n_ref = data.benchmark_builder(ref.data).info.splits['train'].num_examples
+  n_ref = data.prepared_builder(ref.data).info.splits['train'].num_examples
   assert builder.info.splits['train'].num_examples == n_ref - 1
   assert re.search(r'holey\S* train: \d+ tile positions, 1 entirely nodata skipped',
                    caplog.text)
@@ -244,6 +244,6 @@ def test_entirely_nodata_tiles_are_skipped_and_counted(files, tmp_path, caplog):
 
 def test_existing_build_is_reopened_as_by_a_new_process(run):
   c = run['config'].data
-  n = data.benchmark_builder(c).info.splits['train'].num_examples
+  n = data.prepared_builder(c).info.splits['train'].num_examples
   data._prepared_builder.cache_clear()  # What a rerun (resume, predict) sees.
-  assert data.benchmark_builder(c).info.splits['train'].num_examples == n
+  assert data.prepared_builder(c).info.splits['train'].num_examples == n

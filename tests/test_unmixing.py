@@ -14,6 +14,14 @@ def test_angle_matrix_matches_definition():
   ref = [[np.arccos(x @ y / np.linalg.norm(x) / np.linalg.norm(y)) for y in b]
          for x in a]
   np.testing.assert_allclose(unmixing.spectral_angle_matrix(a, b), ref, atol=1e-12)
+  # Elementwise, broadcast; NaN spectra stay NaN.
+  np.testing.assert_allclose(unmixing.spectral_angle(a[:, None], b[None]), ref,
+                             atol=1e-12)
+  x = np.stack([a[:2], b[:2]], axis=1)  # (2, 2, 7)
+  x[1, 1, 3] = np.nan
+  got = unmixing.spectral_angle(x, a[0])
+  np.testing.assert_allclose(got[0], [0.0, ref[0][0]], atol=1e-7)
+  assert np.isfinite(got[1, 0]) and np.isnan(got[1, 1])
 
 
 def test_matching_is_optimal_and_recovers_permutation():
