@@ -121,8 +121,9 @@ def test_readers_agree(files):
 
 
 def test_tile_grid_covers_and_keeps_test_apart():
-  grid = scene.tile_grid(50, 37, 16, 8, 0.3)
-  split = 50 - 15
+  grid = scene.tile_grid(50, 37, 16, 8, 0.4)
+  split = 50 - 20
+  assert sorted({r for r, _ in grid['test']}) == [30, 34]
   assert all(r + 16 <= split for r, _ in grid['train'])
   assert all(r >= split and r + 16 <= 50 for r, _ in grid['test'])
   covered = np.zeros((split, 37), bool)
@@ -131,6 +132,9 @@ def test_tile_grid_covers_and_keeps_test_apart():
   assert covered.all()
   assert sorted({c for _, c in grid['train']}) == [0, 8, 16, 21]
   assert scene.tile_grid(10, 10, 16, 0, 0.0) == {'train': [], 'test': []}
+  # A held-out strip under one tile (15 rows): every row trains, none held out.
+  short = scene.tile_grid(50, 37, 16, 8, 0.3)
+  assert short['test'] == [] and max(r for r, _ in short['train']) == 34
 
 
 def test_pretrain_and_predict_abundances(run, files, tmp_path):
@@ -172,7 +176,7 @@ def test_implausible_values_name_the_field(files, tmp_path):
   c.data.scene, c.data.nodata = str(tmp_path / 'empty.npy'), NODATA
   with pytest.raises(ValueError, match=r'config.data.nodata: no train tile'):
     data.prepared_builder(c.data)
-  np.save(tmp_path / 'small.npy', np.full((20, 20, 198), 0.1, np.float32))
+  np.save(tmp_path / 'small.npy', np.full((12, 12, 198), 0.1, np.float32))
   c.data.scene = str(tmp_path / 'small.npy')
   with pytest.raises(ValueError, match=r'config.data.tile_size: 16 leaves no '
                      'train tile'):
@@ -217,7 +221,8 @@ def test_too_small_test_fraction_trains_on_every_row(files, tmp_path, caplog):
   caplog.set_level(logging.WARNING)
   builder = data.benchmark_builder(c.data)
   assert 'test_fraction: 0.2 of the rows is less than one tile' in caplog.text
-  assert builder.info.splits['test'].num_examples == 0
+  splits = builder.info.splits
+  assert 'test' not in splits or splits['test'].num_examples == 0
   full = own_scene_config(root / 'cube.npy', root / 'wl.csv', tmp_path / 'f')
   full.data.test_fraction = 0.0
   assert (builder.info.splits['train'].num_examples
