@@ -5,7 +5,8 @@ K visible tokens, D encoder width, E decoder width, M endmembers.
 
 The model takes *standardised* cubes (per-band (x - mean) / std; see
 `train.py`) and returns, per token:
-  pred        (N, L, p*p*B)  pixel decoder output, standardised units;
+  pred        (N, L, p*p*B)  pixel decoder output, standardised units; when
+              some tokens are masked, only theirs (visible tokens hold 0);
   abundances  (N, L, p*p, M) per pixel (`abundance_head='pixel'`, or 'token'
               with `per_pixel_abundances`) or (N, L, M) per token;
               non-negative, sum to one (softmax);
@@ -126,6 +127,7 @@ class KarmaMAE(nn.Module):
   abundance_head: str = "token"  # 'token' (paper) or 'pixel' (module doc).
   max_reflectance: float = 1.0  # Endmember bound; 0: softplus, no bound.
   endmember_init: Optional[Callable] = None  # (key, (B, M)) -> reflectance.
+  pred_masked_only: bool = True  # `pred` computed for masked tokens only.
   dtype: jnp.dtype = jnp.float32
   attention: Optional[str] = None
   remat: bool = False
@@ -199,9 +201,17 @@ class KarmaMAE(nn.Module):
     y = self.decode(self.encode(x, ids_keep), ids_restore)
     y = y + sincos_2d(grid, self.dec_width).astype(y.dtype)
     y = self.decoder(y)
-    out = {"pred": self.pixel_head(y).astype(jnp.float32)}
+    num_tokens, k = grid[0] * grid[1], ids_keep.shape[1]
+    if self.pred_masked_only and k < num_tokens:
+      # Only masked tokens' pixels are ever scored: the pixel head (the
+      # largest matmul) runs on those alone; visible tokens' `pred` is 0.
+      ids_masked = jnp.argsort(ids_restore, axis=1)[:, k:]
+      pred = self.pixel_head(patching.gather_tokens(y, ids_masked))
+      out = {"pred": jnp.zeros((n, num_tokens, pred.shape[-1]), jnp.float32).at[
+          jnp.arange(n)[:, None], ids_masked].set(pred.astype(jnp.float32))}
+    else:
+      out = {"pred": self.pixel_head(y).astype(jnp.float32)}
     if self.lsmm:
-      num_tokens = grid[0] * grid[1]
       if self.abundance_head == "pixel":
         # Each pixel's spectrum: observed where its token is visible, the
         # pixel decoder's prediction where it is masked.

@@ -148,3 +148,13 @@ def test_default_endmember_init_is_smooth():
   rough = lambda v: np.abs(np.diff(v, 2, axis=0)).mean()
   assert rough(e) < 0.02 * rough(white)
   assert e.min() >= 0.04 and e.max() <= 0.61
+
+
+def test_pred_on_masked_tokens_only_equals_the_full_head():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
+  params, lean, mask = run(tiny(5, abundance_head="pixel"), x, ratio=0.5)
+  _, full, _ = run(tiny(5, abundance_head="pixel", pred_masked_only=False), x, ratio=0.5)
+  masked = np.asarray(mask, bool)
+  np.testing.assert_allclose(lean["pred"][masked], full["pred"][masked], atol=1e-6)
+  assert float(jnp.abs(lean["pred"][~masked]).max()) == 0.0
+  np.testing.assert_allclose(lean["abundances"], full["abundances"], atol=1e-6)
