@@ -83,6 +83,7 @@ def base_config():
   c.train.on_nonfinite = "error"  # NaN/inf loss: 'error' stops, 'skip' drops the update.
   c.train.max_skipped_in_a_row = 10  # With 'skip': consecutive bad steps before giving up.
   c.train.grad_accum_steps = 1  # Microbatches per step (lax.scan); grads averaged.
+  c.train.allow_config_change = False  # Resume even if model/data/optim/schedule fields differ from the checkpoint's.
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the batch axis; -1: all left after fsdp.
