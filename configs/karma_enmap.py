@@ -15,5 +15,5 @@ from kgmae_jax import config_lib
 
 
 def get_config(arg=None):
-  del arg
+  config_lib.no_argument(arg, "configs/karma_enmap.py")
   return config_lib.base_config()

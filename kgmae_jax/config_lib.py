@@ -32,6 +32,8 @@ def base_config():
   c.data.wavelengths_file = ""  # own_scene: band centres, one per line; '' -> from the file.
   c.data.reflectance_scale = 0.0  # reflectance = value * scale; 0: L2A gains / 1 for own_scene.
   c.data.nodata = -32768.0  # own_scene: raw value of missing pixels (NaN always is).
+  c.data.drop_bands = ()  # own_scene: 0-based file band indices left out (dead or empty detectors).
+  c.data.drop_ranges_nm = ()  # own_scene: ((lo, hi), ...) nm ranges whose bands are left out.
   c.data.tile_overlap = 0  # Pixels shared by neighbouring tiles (enmap_l2a, own_scene).
   c.data.min_valid_fraction = 0.5  # Tiles with fewer valid pixels are dropped.
   c.data.test_fraction = 0.1  # Bottom share of each scene's rows held out as 'test'.
@@ -100,6 +102,15 @@ def base_config():
   c.evals.data_range = 1.0  # Reflectance range for PSNR and SSIM.
   c.evals.num_plot = 4  # Tiles drawn in the reconstruction figure.
   return c
+
+
+def no_argument(arg, path):
+  """Refuses `--config path:arg` for configs that take no argument (a typo
+  after ':' must not be ignored)."""
+  if arg not in (None, ""):
+    raise ValueError(
+        f"{path} takes no ':argument', got '{path}:{arg}'; drop ':{arg}' "
+        "(configs/paper_tables.py takes :small, :full or :tiny).")
 
 
 _DTYPES = ("float32", "bfloat16")

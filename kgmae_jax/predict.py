@@ -187,8 +187,10 @@ def open_input(path, config, *, scale=None, nodata=None, wavelengths=''):
   if enmap_l2a.is_product(path):
     return enmap_l2a.open_product(path, scale)
   nodata = d.nodata if nodata is None else nodata
-  return scene_lib.open_scene(path, scale=scale or 1.0, nodata=nodata,
-                              wavelengths_file=wavelengths)
+  return scene_lib.open_scene(  # The bands the model was trained on.
+      path, scale=scale or 1.0, nodata=nodata, wavelengths_file=wavelengths,
+      drop_bands=d.get('drop_bands', ()),
+      drop_ranges_nm=d.get('drop_ranges_nm', ()))
 
 
 def check_bands(reader, meta, workdir):

@@ -78,3 +78,14 @@ def test_unknown_field_is_refused():
   config.lock()  # As main.py loads configs (lock_config=True).
   with pytest.raises(AttributeError, match="stepz"):
     config.train.stepz = 3
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem != "paper_tables"],
+                         ids=lambda p: p.stem)
+def test_config_argument_typo_is_refused(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  with pytest.raises(ValueError, match=rf"configs/{path.stem}.py takes no "
+                     rf"':argument', got 'configs/{path.stem}.py:typo'"):
+    module.get_config("typo")

@@ -2,10 +2,12 @@
 pretraining with configs/own_scene.py and abundance maps from predict."""
 
 import importlib.util
+import json
 import logging
 import pathlib
 import re
 
+import ml_collections
 import numpy as np
 import pytest
 import rasterio
@@ -13,6 +15,7 @@ from rasterio import transform as rio_transform
 
 from kgmae_jax import data
 from kgmae_jax import predict
+from kgmae_jax import report
 from kgmae_jax import scene
 from kgmae_jax import train
 from kgmae_jax import unmixing
@@ -240,3 +243,35 @@ def test_existing_build_is_reopened_as_by_a_new_process(run):
   n = data.benchmark_builder(c).info.splits['train'].num_examples
   data._prepared_builder.cache_clear()  # What a rerun (resume, predict) sees.
   assert data.benchmark_builder(c).info.splits['train'].num_examples == n
+
+
+def test_bad_bands_are_named_and_dropped_by_index_or_range(files, tmp_path):
+  cube = np.load(files['root'] / 'cube.npy')
+  cube[..., 5] = 1234.0  # A dead detector: constant.
+  cube[..., 40] = np.nan  # A band with no valid value.
+  np.save(tmp_path / 'bad.npy', cube)
+  c = own_scene_config(tmp_path / 'bad.npy', files['root'] / 'wl.csv',
+                       tmp_path / 'd')
+  with pytest.raises(ValueError) as e:
+    data.benchmark_builder(c.data)
+  msg = str(e.value)
+  assert msg.startswith('config.data.drop_bands: bad.npy: ')
+  assert f'band 5 ({WAVELENGTHS[5]:.1f} nm) is constant (0.1234' in msg
+  assert f'band 40 ({WAVELENGTHS[40]:.1f} nm) has no valid value' in msg
+  assert 'drop_bands="(5, 40)"' in msg
+  c.data.drop_bands = (5,)
+  c.data.drop_ranges_nm = ((WAVELENGTHS[40] - 1, WAVELENGTHS[40] + 1),)
+  wl = data.wavelengths(c.data)
+  np.testing.assert_allclose(wl, np.delete(WAVELENGTHS, [5, 40]), atol=1e-3)
+  assert data.band_stats(c.data)['std'].min() > 0
+  # predict reads the same bands, by the rule in the checkpoint's config.
+  meta_config = ml_collections.ConfigDict(json.loads(json.dumps(
+      report.jsonable(c.to_dict()))))
+  reader = predict.open_input(tmp_path / 'bad.npy', meta_config,
+                              wavelengths=str(files['root'] / 'wl.csv'))
+  assert reader.shape == (SIZE, SIZE, 196)
+  tile, valid = reader.read(0, 0, 16, 16)
+  assert valid[:4].all() and np.isfinite(tile[valid]).all()
+  with pytest.raises(ValueError, match=r'config.data.drop_bands: band 500 '):
+    scene.open_scene(tmp_path / 'bad.npy', drop_bands=(500,),
+                     wavelengths_file=files['root'] / 'wl.csv')
