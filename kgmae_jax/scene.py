@@ -276,9 +276,13 @@ class NpyScene:
     self.nodata = [] if nodata is None else [nodata]
     self.wavelengths_nm = np.asarray(wavelengths_nm, np.float64)
     if len(self.wavelengths_nm) != self.shape[2]:
+      hint = ('; the array looks channel-first (B, H, W): save it as (H, W, '
+              'B), e.g. np.save(path, np.moveaxis(cube, 0, -1))'
+              if len(self.wavelengths_nm) == self.shape[0] else '')
       raise ValueError(
           f'config.data.wavelengths_file: {len(self.wavelengths_nm)} '
-          f'wavelengths for the {self.shape[2]} bands of {path}.')
+          f'wavelengths for the {self.shape[2]} bands of {path} (shape '
+          f'{self.shape}, read as (H, W, B)){hint}.')
 
   def read_values(self, row, col, height, width):
     """As RasterScene.read_values."""

@@ -275,3 +275,28 @@ def test_bad_bands_are_named_and_dropped_by_index_or_range(files, tmp_path):
   with pytest.raises(ValueError, match=r'config.data.drop_bands: band 500 '):
     scene.open_scene(tmp_path / 'bad.npy', drop_bands=(500,),
                      wavelengths_file=files['root'] / 'wl.csv')
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(pixels=[(100, 100)]), r'--pixels \(100, 100\) is outside the window '
+     r'of 48 x 48 pixels'),
+    (dict(pixels=[(-5, -5)]), r'--pixels \(-5, -5\) is outside'),
+    (dict(window=(60, 0, 10, 10)), r'--window 60,0,10,10 .* not inside the 48 '
+     r'x 48 image'),
+    (dict(window=(40, 40, 16, 16)), r'--window 40,40,16,16'),
+])
+def test_figure_arguments_outside_the_image_are_refused(run, files, tmp_path,
+                                                        kwargs, message):
+  from kgmae_jax import visualize  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=message):
+    visualize.figure(run['workdir'], files['root'] / 'cube.tif',
+                     tmp_path / 'fig.png', tile=16, **kwargs)
+  assert not (tmp_path / 'fig.png').exists()
+
+
+def test_channel_first_npy_gets_a_hint(files, tmp_path):
+  np.save(tmp_path / 'bhw.npy', np.moveaxis(files['cube'][:, :40], -1, 0))
+  with pytest.raises(ValueError, match=r'198 wavelengths for the 40 bands .* '
+                     r'channel-first \(B, H, W\)'):
+    scene.open_scene(tmp_path / 'bhw.npy',
+                     wavelengths_file=files['root'] / 'wl.csv')
