@@ -77,6 +77,11 @@ def file_lock(path, what, wait=False):
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
+      if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
+        logging.warning("%s: this file system has no flock (%s); a second "
+                        "writer would not be detected.", path, e)
+        yield
+        return
       if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
         raise
       if wait:
