@@ -93,6 +93,13 @@ class Checkpointer:
     logging.info("Saving checkpoint at step %d to %s", step, self.directory)
     return True
 
+  def preempted(self, step):
+    """True on every process at the same step once any process of a
+    multi-process run got SIGTERM (orbax's `reached_preemption`, JAX's
+    preemption sync point); call it at every step. False with one process,
+    whose own signal handler decides (train._StopRequests)."""
+    return jax.process_count() > 1 and self.manager.reached_preemption(step)
+
   def _save_failed(self, error, now):
     kept = [s for s in self.manager.all_steps() if s != self._saving]
     prev = (f"the previous checkpoint (step {max(kept)}) is intact"

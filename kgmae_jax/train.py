@@ -286,7 +286,12 @@ class _StopRequests:
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
+      # With several processes, SIGTERM stays with JAX's preemption service
+      # (jax.distributed.initialize installs it): all processes then agree on
+      # the step to save at (Checkpointer.preempted).
+      sigs = (signal.SIGINT,) if jax.process_count() > 1 else (
+          signal.SIGTERM, signal.SIGINT)
+      for sig in sigs:
         self._old[sig] = signal.signal(sig, self._handle)
     return self
 
@@ -398,6 +403,8 @@ def _train_and_evaluate(config, workdir):
       ckpt.raise_if_save_failed(step)  # A failed async save stops the run now.
       unchecked.append((step, metrics))
       log_now = step % config.train.log_every == 0 or step == total
+      if stop.signum is None and ckpt.preempted(step):  # Agreed by all hosts.
+        stop.signum = signal.SIGTERM
       save_now = ckpt.due(step) or step == total or stop.signum is not None
       if not (log_now or save_now):
         continue
