@@ -3,8 +3,8 @@
 import os
 import pathlib
 import shlex
-import sys
 import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["--config", "configs/karma_enmap.py", "--workdir", "/mnt/shared/runs/k",
