@@ -137,6 +137,8 @@ def validate(c, num_devices=None, num_bands=None):
        f"must be in [0, 1), got {d.test_fraction}.")
   need(d.reflectance_scale >= 0, "data.reflectance_scale",
        f"must be >= 0 (0: automatic), got {d.reflectance_scale}.")
+  need(d.name == "own_scene" or not (d.drop_bands or d.drop_ranges_nm),
+       "data.drop_bands", f"only own_scene builds drop bands, not {d.name!r}.")
   need(d.name != "own_scene" or d.scene, "data.scene",
        "own_scene needs the path of a cube (.tif, ENVI .hdr or .npy).")
   t, p = c.data.tile_size, m.patch_size

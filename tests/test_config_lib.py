@@ -25,6 +25,7 @@ def test_every_config_loads_and_validates(path):
 
 @pytest.mark.parametrize("field, value, message", [
     ("model.mask_ratio", 0.0, r"config.model.mask_ratio: must be in \(0, 1\)"),
+    ("data.drop_bands", (3,), r"config.data.drop_bands: only own_scene"),
     ("model.mask_ratio", 1.0, r"config.model.mask_ratio: must be in \(0, 1\)"),
     ("lsmm.num_endmembers", 0, r"config.lsmm.num_endmembers: must be >= 1"),
     ("loss.huber", -0.1, r"config.loss.huber: must be >= 0"),
