@@ -1,6 +1,7 @@
 """train_and_evaluate end to end on a tiny build: outputs, exact resume,
 corrupt checkpoints, shape mismatches, NaN guard."""
 
+import dataclasses
 import errno
 import json
 import os
@@ -279,22 +280,27 @@ def test_failed_async_save_stops_the_run_naming_step_path_and_cause(
   assert ckpt_lib.Checkpointer(tmp_path, 4, 2).manager.all_steps() == [4]
 
 
-def test_first_row_after_a_resume_equals_the_uninterrupted_row(reference, data_dir, tmp_path, monkeypatch):
+def test_first_row_after_a_resume_equals_the_uninterrupted_row(reference, tmp_path, monkeypatch):
   """Preempted at step 3 (between log rows at 2 and 4), then resumed: the
   row of step 4 averages steps 3 and 4, as in the uninterrupted run."""
   ref_dir, config, _ = reference
-  real = data.train_iterator
+  real = train.build_trainer
 
-  def sigterm_at_3(*args, start_step=0, **kwargs):
-    for step, batch in enumerate(real(*args, start_step=start_step, **kwargs),
-                                 start=start_step + 1):
-      if step == 3 and start_step == 0:
+  def sigterm_during_step_3(*args, **kwargs):
+    trainer = real(*args, **kwargs)
+    calls = []
+
+    def step(state, batch, rng):
+      calls.append(1)
+      if len(calls) == 3:  # A fresh run: the third call is step 3.
         os.kill(os.getpid(), signal.SIGTERM)
-      yield batch
+      return trainer.step(state, batch, rng)
 
-  monkeypatch.setattr(data, "train_iterator", sigterm_at_3)
-  with pytest.raises(train.Preempted):
+    return dataclasses.replace(trainer, step=step)
+
+  monkeypatch.setattr(train, "build_trainer", sigterm_during_step_3)
+  with pytest.raises(train.Preempted, match="at step 3 "):
     train.train_and_evaluate(config, str(tmp_path))
-  monkeypatch.setattr(data, "train_iterator", real)
+  monkeypatch.setattr(train, "build_trainer", real)
   train.train_and_evaluate(config, str(tmp_path))
   assert log_rows(tmp_path) == log_rows(ref_dir)
