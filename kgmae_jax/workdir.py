@@ -38,6 +38,7 @@ _FREE = ("ckpt.", "evals.", "mesh.", "tables.", "train.log_every",
          "train.on_nonfinite", "train.max_skipped_in_a_row",
          "train.allow_config_change", "data.data_dir", "data.num_workers",
          "data.prefetch", "data.device_resident", "data.manual_dir",
+         "data.num_bands",
          "model.remat", "model.attention")
 
 
