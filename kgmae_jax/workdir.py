@@ -127,14 +127,18 @@ def _flat(d, prefix=""):
   return out
 
 
-def config_diff(saved, new):
+def config_diff(saved, new, defaults=None):
   """['  field: checkpoint X vs now Y'] over run-changing fields; [] if same.
 
-  Both are plain dicts (JSON round trip of `config.to_dict()`)."""
-  a, b = _flat(saved), _flat(new)
+  All are plain dicts (JSON round trip of `config.to_dict()`). A field the
+  checkpoint's code did not have yet counts as its default (`defaults`);
+  a field the current code no longer has is ignored."""
+  a, b, d = _flat(saved), _flat(new), _flat(defaults or {})
   lines = []
-  for k in sorted(a.keys() | b.keys()):
-    if k.startswith(_FREE) or a.get(k, "<absent>") == b.get(k, "<absent>"):
+  for k in sorted(b.keys()):
+    if k not in a and k in d:
+      a[k] = d[k]
+    if k.startswith(_FREE) or a.get(k, "<absent>") == b[k]:
       continue
     lines.append(f"  {k}: checkpoint {a.get(k, '<absent>')!r} vs now "
                  f"{b.get(k, '<absent>')!r}")
@@ -157,7 +161,10 @@ def check_resume_config(config, saved, saved_step, where):
         f"config.train.steps={config.train.steps} is below the step of the "
         f"checkpoint in {where} ({saved_step}); set train.steps >= "
         f"{saved_step} or use another --workdir.")
-  diff = config_diff(saved, new)
+  from kgmae_jax import config_lib  # pylint: disable=g-import-not-at-top
+  defaults = json.loads(json.dumps(report.jsonable(
+      config_lib.base_config().to_dict())))
+  diff = config_diff(saved, new, defaults)
   if not diff:
     return
   if config.train.get("allow_config_change", False):

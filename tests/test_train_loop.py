@@ -255,6 +255,9 @@ def test_resume_check_fields_override_and_data(reference):
   changed.ckpt.every_steps = 7  # Bookkeeping: no diff.
   changed.evals.num_tiles = 2
   workdir_lib.check_resume_config(changed, saved, 4, "ckpt")
+  older = json.loads(json.dumps(saved))  # Made before a field existed.
+  del older["data"]["drop_bands"], older["train"]["allow_config_change"]
+  workdir_lib.check_resume_config(changed, older, 4, "ckpt")
   changed.data.scene = "/other/cube.tif"  # Another scene: refused...
   with pytest.raises(workdir_lib.ConfigChangeError, match="data.scene"):
     workdir_lib.check_resume_config(changed, saved, 4, "ckpt")
