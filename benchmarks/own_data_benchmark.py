@@ -97,7 +97,7 @@ def _build(folder, out_dir):
   c.data_dir, c.tile_size, c.test_fraction = f'{out_dir}/tfds', 224, 0.25
   tracemalloc.start()
   t0 = time.perf_counter()
-  builder = data.benchmark_builder(c)
+  builder = data.prepared_builder(c)
   _, peak = tracemalloc.get_traced_memory()
   return {'build_s': time.perf_counter() - t0,
           'build_tiles': {k: v.num_examples for k, v in
@@ -130,7 +130,7 @@ def predict_throughput(args):
   import importlib.util  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from kgmae_jax import checkpoint, predict, report, sharding, train  # pylint: disable=g-import-not-at-top
+  from kgmae_jax import checkpoint, inference, predict, report, sharding, train  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location('cfg', args.config)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -151,7 +151,7 @@ def predict_throughput(args):
   ckpt = checkpoint.Checkpointer(work, 1, 1)
   ckpt.save(1, state, meta, force=True)
   ckpt.close()
-  model, params, meta = predict.load_checkpoint(work)
+  loaded = inference.load(work)
   rng = np.random.default_rng(0)
 
   class Image:  # In-memory reader: times the model and blending, not I/O.
@@ -169,10 +169,10 @@ def predict_throughput(args):
   img = Image()
   res = {}
   for what in ('abundances', 'reconstruction', 'embeddings'):
-    predict.predict_array(model, params, meta, img, what,
+    predict.predict_array(loaded, img, what,
                           window=(0, 0, 64, 64), batch_size=args.batch)
     t0 = time.perf_counter()
-    predict.predict_array(model, params, meta, img, what,
+    predict.predict_array(loaded, img, what,
                           batch_size=args.batch)
     dt = time.perf_counter() - t0
     res[what] = {'seconds': dt, 'pixels_per_s': args.size**2 / dt}

@@ -39,7 +39,6 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
@@ -52,6 +51,7 @@ import numpy as np
 
 from kgmae_jax import config_lib
 from kgmae_jax import patching
+from kgmae_jax import report
 from kgmae_jax import sharding
 from kgmae_jax import train
 
@@ -260,20 +260,6 @@ def measure_inputs(c, handles, karma_row, args):
   return out
 
 
-def _git_revision():
-  if os.environ.get("KGMAE_GIT_REVISION"):  # Copies without .git (device tool).
-    return os.environ["KGMAE_GIT_REVISION"]
-  try:
-    root = pathlib.Path(__file__).resolve().parents[1]
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
-                         capture_output=True, text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                           cwd=root, capture_output=True, text=True).stdout.strip()
-    return rev + ("-dirty" if dirty else "")
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-
-
 def _fmt(x, spec):
   return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
 
@@ -357,7 +343,7 @@ def run(argv=None):
   meta = dict(
       command="python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
       platform=dev.platform, device_kind=kind, num_devices=len(devices),
-      peak_tflops=peak, jax_version=jax.__version__, git_revision=_git_revision(),
+      peak_tflops=peak, jax_version=jax.__version__, git_revision=report.git_revision(),
       date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       preset=args.preset, dtype=args.dtype, attention=args.attention,
       remat=args.remat, grad_accum=args.grad_accum, steps=args.steps,

@@ -37,14 +37,7 @@ def get_config(arg=None):
   c.data.min_valid_fraction = 0.5
   c.data.test_fraction = 0.1
 
-  c.model.patch_size = 4
-  c.model.width = 64
-  c.model.depth = 2
-  c.model.num_heads = 4
-  c.model.dec_width = 64
-  c.model.dec_depth = 1
-  c.model.dec_num_heads = 4
-  c.model.mlp_ratio = 2.0
+  config_lib.model_preset(c, "tiny")  # Quickstart-sized.
 
   c.lsmm.num_endmembers = 6  # M: materials you expect in the scene.
   c.lsmm.per_pixel = True  # Per-pixel abundance maps.

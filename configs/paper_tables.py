@@ -31,7 +31,6 @@ def get_config(arg=None):
     return c
 
   c.lsmm.per_pixel = True  # Per-pixel abundances: comparable to FCLS/VCA.
-  c.model.mlp_ratio = 2.0
   c.optim.lr = 2e-3
   c.optim.final_lr_frac = 0.05
   c.evals.num_plot = 2
@@ -40,13 +39,7 @@ def get_config(arg=None):
     c.data.num_train = 128
     c.data.num_test = 32
     c.data.num_test_b = 32
-    c.model.patch_size = 4  # 16 tokens per tile.
-    c.model.width = 64
-    c.model.depth = 2
-    c.model.num_heads = 4
-    c.model.dec_width = 64
-    c.model.dec_depth = 1
-    c.model.dec_num_heads = 4
+    config_lib.model_preset(c, "tiny")  # Patch 4: 16 tokens per tile.
     c.optim.warmup_steps = 30
     c.train.batch_size = 16
     c.train.steps = 300
@@ -63,13 +56,7 @@ def get_config(arg=None):
     c.data.num_train = 16
     c.data.num_test = 4
     c.data.num_test_b = 4
-    c.model.patch_size = 8
-    c.model.width = 16
-    c.model.depth = 1
-    c.model.num_heads = 2
-    c.model.dec_width = 16
-    c.model.dec_depth = 1
-    c.model.dec_num_heads = 2
+    config_lib.model_preset(c, "micro")
     c.optim.warmup_steps = 1
     c.train.batch_size = 8
     c.train.steps = 3

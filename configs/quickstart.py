@@ -21,14 +21,7 @@ def get_config(arg=None):
   c.data.num_test = 32
   c.data.num_test_b = 32
 
-  c.model.patch_size = 4  # 64 tokens per 32x32 tile.
-  c.model.width = 64
-  c.model.depth = 2
-  c.model.num_heads = 4
-  c.model.dec_width = 64
-  c.model.dec_depth = 1
-  c.model.dec_num_heads = 4
-  c.model.mlp_ratio = 2.0
+  config_lib.model_preset(c, "tiny")  # Patch 4: 64 tokens per 32x32 tile.
 
   c.lsmm.num_endmembers = 6  # The benchmark's true number of materials.
   c.lsmm.per_pixel = True  # Per-pixel abundance maps for the figures.

@@ -42,11 +42,13 @@ import functools
 import numpy as np
 import tensorflow_datasets as tfds
 
+from kgmae_jax import dataset
 from kgmae_jax import enmap
 from kgmae_jax import spectra
 
 M_TRUE = len(spectra.CLASS_NAMES)
 SPLITS = {'train': (0, 'A'), 'test': (1, 'A'), 'test_b': (2, 'B')}  # id, region
+_SPLIT_SIZES = {'train': 'num_train', 'test': 'num_test', 'test_b': 'num_test_b'}
 _SUPERSAMPLE = 4
 _PARCEL_AREA = 150.0  # Mean parcel area in pixels.
 # Class frequencies (CLASS_NAMES order) of parcels in fields and in towns.
@@ -178,7 +180,7 @@ def generate_tile(rng, pools: dict[str, np.ndarray], size: int,
   return out
 
 
-class BenchmarkBuilder(tfds.core.ShardBasedBuilder):
+class BenchmarkBuilder(dataset.DataSet):
   """TFDS builder of the embedded benchmark (see the module docstring)."""
 
   name = 'kgmae_benchmark'
@@ -189,14 +191,11 @@ class BenchmarkBuilder(tfds.core.ShardBasedBuilder):
       BenchmarkConfig(tile_size=32, num_train=256, num_test=32, num_test_b=32),
   ]
   DATA_FIELDS = ('tile_size', 'num_train', 'num_test', 'num_test_b',
-                 'snr_vnir', 'snr_swir', 'seed')  # config.data fields of a build.
+                 'snr_vnir', 'snr_swir', 'seed')
+  SPLITS = ('train', 'test', 'test_b')
   WAVELENGTHS_NM = enmap.WAVELENGTHS_NM
   FWHM_NM = enmap.FWHM_NM
   CLASS_NAMES = spectra.CLASS_NAMES
-  # TFDS 4.9.10 finds code_path via importlib_resources, a dependency it only
-  # declares for Python < 3.9 (tensorflow/datasets#11212). It serves to look up
-  # download checksums, and this builder downloads nothing.
-  code_path = None
 
   @classmethod
   def make_builder_config(cls, data_dir, **params) -> BenchmarkConfig:
@@ -227,17 +226,13 @@ class BenchmarkBuilder(tfds.core.ShardBasedBuilder):
     )
 
   def _shard_iterators_per_split(self, dl_manager):
-    """Shards of consecutive tiles, ~_SHARD_BYTES each.
-
-    A ShardBasedBuilder, not a GeneratorBasedBuilder: the latter sends every
-    example through TFDS's shuffler, which holds up to 1 GB in memory and
-    then needs TensorFlow to spill to disk (the paper-size build is ~4 GB).
-    """
+    """Shards of consecutive tiles, ~_SHARD_BYTES each (the paper-size
+    build is ~4 GB; see dataset.py on why shards)."""
     del dl_manager  # Nothing to download.
     c = self.builder_config
     tile_bytes = 4 * c.tile_size**2 * (enmap.NUM_BANDS + 3 * M_TRUE + 1)
     per_shard = max(1, _SHARD_BYTES // tile_bytes)
-    counts = {'train': c.num_train, 'test': c.num_test, 'test_b': c.num_test_b}
+    counts = {s: getattr(c, f) for s, f in _SPLIT_SIZES.items()}
     return {s: [functools.partial(self._generate_examples, s, i,
                                   min(i + per_shard, n))
                 for i in range(0, n, per_shard)]
@@ -260,7 +255,10 @@ class BenchmarkBuilder(tfds.core.ShardBasedBuilder):
     tile = generate_tile(rng, pools, c.tile_size, snr)
     return dict(tile, region=np.int32(region == 'B'), tile_id=np.int64(index))
 
-  def check_generator(self) -> None:
+  def empty_split_hint(self, split: str) -> str:
+    return f'set config.data.{_SPLIT_SIZES[split]} > 0'
+
+  def check_build(self) -> None:
     """Raises ValueError if this build's first tile differs from what the
     generator (code and spectral libraries) now makes for it.
 

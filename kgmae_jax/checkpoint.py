@@ -58,18 +58,20 @@ def param_diff(saved, expected):
 class Checkpointer:
   """Saves every `every_steps` (and when forced), keeps the last `keep`."""
 
-  def __init__(self, workdir, every_steps, keep):
+  def __init__(self, workdir, every_steps, keep, create=True):
     self.workdir = absolute(workdir)
     self.directory = self.workdir / "checkpoints"
     self.every_steps = every_steps
     self._keep = keep
     self._saving = None  # Step of the last save started.
     self._unchecked = False  # Its outcome not yet checked.
+    self._create = create  # False: for readers; a missing folder stays missing.
     self.manager = self._manager()
 
   def _manager(self):
     # We decide when to save (`save`); orbax would also save the very first step.
-    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep,
+                                           create=self._create)
     return ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -128,19 +130,34 @@ class Checkpointer:
     Raises ShapeMismatchError (listing names and shapes) when the saved
     parameters do not match `abstract_state.params`.
     """
-    saved = self.manager.item_metadata(step)["state"]
-    saved = getattr(saved, "tree", saved)
-    diff = param_diff(saved["params"], abstract_state.params)
-    if diff:
-      raise ShapeMismatchError(
-          f"Checkpoint {self.directory / str(step)} does not fit the model "
-          "(check config.model / config.lsmm and the data's band count, or use "
-          "another --workdir):\n" + "\n".join(diff))
+    self._check_params(step, abstract_state.params)
     restored = self.manager.restore(
         step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
+
+  def restore_params(self, step, abstract_params):
+    """Only the parameters at `step`, placed as `abstract_params`' shardings;
+    the optimiser state is never read. Raises ShapeMismatchError as `restore`."""
+    self._check_params(step, abstract_params)
+    item = {"params": abstract_params}
+    restored = ocp.PyTreeCheckpointer().restore(
+        self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
+            item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True))
+    return restored["params"]
+
+  def _check_params(self, step, abstract_params):
+    """Raises ShapeMismatchError unless the saved params fit `abstract_params`."""
+    saved = self.manager.item_metadata(step)["state"]
+    saved = getattr(saved, "tree", saved)
+    diff = param_diff(saved["params"], abstract_params)
+    if diff:
+      raise ShapeMismatchError(
+          f"Checkpoint {self.directory / str(step)} does not fit the model "
+          "(check config.model / config.lsmm and the data's band count, or use "
+          "another --workdir):\n" + "\n".join(diff))
 
   def restore_latest(self, abstract_state):
     """(step, state, meta) of the newest checkpoint that restores, or None.

@@ -57,8 +57,12 @@ def base_config():
   c.lsmm = ml_collections.ConfigDict()
   c.lsmm.enabled = True  # LSMM branch on; off gives the plain ViT-MAE.
   c.lsmm.num_endmembers = 8  # M (unpublished; 8 for EnMAP scenes).
-  c.lsmm.per_pixel = False  # Abundances per pixel (p*p*M per token), else per token.
-  c.lsmm.init = "random"  # random (paper), library (class means) or data (pixels).
+  c.lsmm.head = "pixel"  # Abundances from each pixel's spectrum + token context; 'token': paper's MLP on decoder tokens.
+  c.lsmm.per_pixel = True  # head='token' only: p*p*M outputs per token (else M, shared by the patch).
+  c.lsmm.init = "kmeans"  # kmeans (blind, training pixels), vca, data (farthest-angle pixels), library, random (smooth).
+  c.lsmm.init_pixels = 8192  # Training pixels sampled for the kmeans / vca / data inits.
+  c.lsmm.max_reflectance = 1.0  # Endmembers = max * sigmoid(raw) in [0, max]; 0: softplus (>= 0, unbounded).
+  c.lsmm.lr_mult = 0.5  # Endmember learning rate / optim.lr (reflectance units, no weight decay).
   c.lsmm.learn = True  # False keeps the endmembers fixed at their init.
   c.lsmm.on_visible = True  # LSMM loss on visible tokens too, not only masked.
 
@@ -110,12 +114,62 @@ def no_argument(arg, path):
   if arg not in (None, ""):
     raise ValueError(
         f"{path} takes no ':argument', got '{path}:{arg}'; drop ':{arg}' "
-        "(configs/paper_tables.py takes :small, :full or :tiny).")
+        "(configs/paper_tables.py takes :small, :full or :tiny; "
+        "configs/karma_enmap.py takes :paper).")
+
+
+# Fields added after a release, with the value that reproduces what a saved
+# config without them meant (checkpoints written before the field existed).
+_LEGACY = {
+    "lsmm.head": "token",  # Only the token head existed.
+    "lsmm.max_reflectance": 0.0,  # Softplus endmembers.
+    "lsmm.lr_mult": 1.0,
+    "lsmm.init_pixels": 8192,
+    "data.drop_bands": (),  # Every band of the file was used.
+    "data.drop_ranges_nm": (),
+    "train.allow_config_change": False,
+}
+
+
+def from_saved(saved):
+  """ConfigDict of a saved run's config (a dict from config.json or the
+  checkpoint's metadata); fields it predates get their legacy values."""
+  c = ml_collections.ConfigDict(saved)
+  for field, value in _LEGACY.items():
+    group, key = field.split(".")
+    if group in c and key not in c[group]:
+      c[group][key] = value
+  return c
+
+
+# Named model sizes (as big_vision's `decode_variant`): the `model` fields a
+# preset sets; everything else keeps base_config()'s value.
+_MODEL_FIELDS = ("patch_size", "width", "depth", "num_heads", "dec_width",
+                 "dec_depth", "dec_num_heads", "mlp_ratio")
+MODEL_PRESETS = {
+    # The paper's size (base_config): patch 16, width 512, 12 + 8 blocks.
+    "paper": (16, 512, 12, 8, 512, 8, 8, 4.0),
+    # CPU minutes: quickstart, own_scene, paper_tables:small.
+    "tiny": (4, 64, 2, 4, 64, 1, 4, 2.0),
+    # Seconds per run: paper_tables:tiny, the end-to-end test.
+    "micro": (8, 16, 1, 2, 16, 1, 2, 2.0),
+}
+
+
+def model_preset(c, name):
+  """Sets config `c`'s model size to MODEL_PRESETS[name]; returns `c`."""
+  if name not in MODEL_PRESETS:
+    raise ValueError(f"Unknown model preset {name!r}; known: "
+                     f"{sorted(MODEL_PRESETS)}.")
+  for field, value in zip(_MODEL_FIELDS, MODEL_PRESETS[name]):
+    c.model[field] = value
+  return c
 
 
 _DTYPES = ("float32", "bfloat16")
 _ATTENTION = ("auto", "xla", "cudnn")
-_INITS = ("random", "library", "data")
+_INITS = ("kmeans", "vca", "data", "library", "random")
+_HEADS = ("pixel", "token")
 _NONFINITE = ("error", "skip")
 
 
@@ -164,6 +218,12 @@ def validate(c, num_devices=None, num_bands=None):
   need(c.lsmm.num_endmembers >= 1, "lsmm.num_endmembers",
        f"must be >= 1, got {c.lsmm.num_endmembers}.")
   need(c.lsmm.init in _INITS, "lsmm.init", f"one of {_INITS}, got {c.lsmm.init!r}.")
+  need(c.lsmm.head in _HEADS, "lsmm.head", f"one of {_HEADS}, got {c.lsmm.head!r}.")
+  need(c.lsmm.init_pixels >= c.lsmm.num_endmembers, "lsmm.init_pixels",
+       f"must be >= lsmm.num_endmembers={c.lsmm.num_endmembers}.")
+  need(c.lsmm.max_reflectance >= 0, "lsmm.max_reflectance",
+       f"must be >= 0 (0: unbounded), got {c.lsmm.max_reflectance}.")
+  need(c.lsmm.lr_mult > 0, "lsmm.lr_mult", f"must be > 0, got {c.lsmm.lr_mult}.")
   for term in ("huber", "sam", "lsmm"):
     need(c.loss[term] >= 0, f"loss.{term}", f"must be >= 0, got {c.loss[term]}.")
   need(c.loss.huber + c.loss.sam + c.loss.lsmm > 0, "loss",

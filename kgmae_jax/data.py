@@ -2,11 +2,10 @@
 
 ``config.data`` (an ``ml_collections.ConfigDict``) names the data set and its
 generator parameters:
-  name: 'kgmae_benchmark' (the embedded benchmark, ``benchmark.py``),
-    'enmap_l2a' (EnMAP L2A products, ``enmap_l2a.py``) or 'own_scene' (a
-    user's cube, ``scene.py``); each builder's ``DATA_FIELDS`` name the
-    ``config.data`` fields that identify its build, and its
-    ``make_builder_config(data_dir, **fields)`` makes the TFDS config.
+  name: a key of ``BUILDERS``: 'kgmae_benchmark' (the embedded benchmark,
+    ``benchmark.py``), 'enmap_l2a' (EnMAP L2A products, ``enmap_l2a.py``) or
+    'own_scene' (a user's cube, ``scene.py``). Every builder implements
+    ``dataset.DataSet``, the contract this module relies on.
   data_dir: where builds live; None or '' -> $KGMAE_DATA_DIR, else
     ~/tensorflow_datasets.
   tile_size, num_train, num_test, num_test_b, snr_vnir, snr_swir, seed: the
@@ -32,31 +31,32 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from kgmae_jax import benchmark
+from kgmae_jax import dataset
 from kgmae_jax import enmap_l2a
 from kgmae_jax import scene
 
-_BUILDERS = {'kgmae_benchmark': benchmark.BenchmarkBuilder,
-             'enmap_l2a': enmap_l2a.EnmapL2ABuilder,
-             'own_scene': scene.SceneBuilder}
-_SPLIT_SIZES = {'train': 'num_train', 'test': 'num_test',
-                'test_b': 'num_test_b'}
+BUILDERS: dict[str, type[dataset.DataSet]] = {
+    'kgmae_benchmark': benchmark.BenchmarkBuilder,
+    'enmap_l2a': enmap_l2a.EnmapL2ABuilder,
+    'own_scene': scene.SceneBuilder,
+}
 _STATS_FILE = 'band_stats.json'
 
 
-def _builder_class(data_cfg):
-  if data_cfg.name not in _BUILDERS:
+def _builder_class(data_cfg) -> type[dataset.DataSet]:
+  if data_cfg.name not in BUILDERS:
     raise ValueError(f'Unknown data set config.data.name={data_cfg.name!r}; '
-                     f'known: {sorted(_BUILDERS)}.')
-  return _BUILDERS[data_cfg.name]
+                     f'known: {sorted(BUILDERS)}.')
+  return BUILDERS[data_cfg.name]
 
 
 def _key(data_cfg) -> tuple:
   """Hashable identity of a build: name, data_dir and generator parameters."""
-  _builder_class(data_cfg)
+  cls = _builder_class(data_cfg)
   data_dir = data_cfg.get('data_dir')
   if not data_dir:  # None or ''.
     data_dir = os.environ.get('KGMAE_DATA_DIR', '~/tensorflow_datasets')
-  params = tuple((f, data_cfg[f]) for f in _BUILDERS[data_cfg.name].DATA_FIELDS)
+  params = tuple((f, data_cfg[f]) for f in cls.DATA_FIELDS)
   return data_cfg.name, os.path.expanduser(data_dir), params
 
 
@@ -72,9 +72,9 @@ def _build_lock(name: str, data_dir: str, params: tuple):
 
 
 @functools.lru_cache(maxsize=None)
-def _prepared_builder(key: tuple):
+def _prepared_builder(key: tuple) -> dataset.DataSet:
   name, data_dir, params = key
-  cls = _BUILDERS[name]
+  cls = BUILDERS[name]
 
   def make():
     return cls(config=cls.make_builder_config(data_dir, **dict(params)),
@@ -87,12 +87,11 @@ def _prepared_builder(key: tuple):
       if not builder.is_prepared():
         _build(builder, name)
         return builder
-  if hasattr(builder, 'check_generator'):  # Generated data sets only.
-    builder.check_generator()  # Never train on a stale build.
+  builder.check_build()  # Never train on a stale build.
   return builder
 
 
-def _build(builder, name: str) -> None:
+def _build(builder: dataset.DataSet, name: str) -> None:
   c = builder.builder_config
   logging.info('Building %s/%s (tiles of %dx%d) into %s.', name, c.name,
                c.tile_size, c.tile_size, builder.data_dir)
@@ -100,15 +99,19 @@ def _build(builder, name: str) -> None:
   builder.download_and_prepare(
       file_format='array_record',
       download_config=tfds.download.DownloadConfig(
-          manual_dir=getattr(c, 'manual_dir', None) or None,
+          manual_dir=builder.manual_download_dir(),
           compute_stats=tfds.download.ComputeStatsMode.SKIP))
   logging.info('Built %s/%s in %.1f s.', name, c.name,
                time.perf_counter() - start)
 
 
-def benchmark_builder(data_cfg) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of ``data_cfg``, built on first use and reused after."""
+def prepared_builder(data_cfg) -> dataset.DataSet:
+  """The TFDS builder of ``config.data``'s data set (any of ``BUILDERS``),
+  built on first use and reused after."""
   return _prepared_builder(_key(data_cfg))
+
+
+benchmark_builder = prepared_builder  # Its former name.
 
 
 def wavelengths(data_cfg) -> np.ndarray:
@@ -118,30 +121,28 @@ def wavelengths(data_cfg) -> np.ndarray:
   the build's metadata (builds on first use).
   """
   cls = _builder_class(data_cfg)
-  if hasattr(cls, 'WAVELENGTHS_NM'):
+  if cls.WAVELENGTHS_NM is not None:
     return np.asarray(cls.WAVELENGTHS_NM, np.float64)
-  return np.asarray(benchmark_builder(data_cfg).info.metadata['wavelengths_nm'],
+  return np.asarray(prepared_builder(data_cfg).info.metadata['wavelengths_nm'],
                     np.float64)
 
 
 def class_names(data_cfg) -> tuple[str, ...]:
   """Names of the true material classes, in abundance order; () if unknown."""
-  return tuple(getattr(_builder_class(data_cfg), 'CLASS_NAMES', ()))
+  return tuple(_builder_class(data_cfg).CLASS_NAMES)
 
 
 def _source(data_cfg, split: str):
   """Random-access source of one split, with clear errors for bad splits."""
-  if split not in _SPLIT_SIZES:
+  splits = _builder_class(data_cfg).SPLITS
+  if split not in splits:
     raise ValueError(f'Unknown split {split!r} of {data_cfg.name}; expected '
-                     f'one of {sorted(_SPLIT_SIZES)}.')
-  builder = benchmark_builder(data_cfg)
+                     f'one of {sorted(splits)}.')
+  builder = prepared_builder(data_cfg)
   if split not in builder.info.splits or not builder.info.splits[
       split].num_examples:
-    hint = getattr(builder, 'SPLIT_HINT', None)
-    hint = (f'set {hint} > 0 or use a larger scene / smaller tile_size'
-            if hint else f'set config.data.{_SPLIT_SIZES[split]} > 0')
     raise ValueError(f'Split {split!r} of {builder.builder_config.name} is '
-                     f'empty: {hint}.')
+                     f'empty: {builder.empty_split_hint(split)}.')
   return builder.as_data_source(split)
 
 
@@ -238,6 +239,18 @@ def train_iterator(data_cfg, batch_size: int, *, seed: int, start_step: int = 0,
       prefetch_buffer_size=data_cfg.prefetch)))
 
 
+def evaluation_split(data_cfg, split: str) -> str:
+  """`split`, or 'train' (logged) when `split` holds no tile (a scene too
+  small to hold out a strip; see scene.tile_grid)."""
+  info = prepared_builder(data_cfg).info
+  if split != 'train' and (split not in info.splits
+                           or not info.splits[split].num_examples):
+    logging.warning("Split '%s' of %s holds no tile: evaluating on 'train'.",
+                    split, data_cfg.name)
+    return 'train'
+  return split
+
+
 def eval_batches(data_cfg, split: str, batch_size: int, max_tiles=None):
   """Batches of a split in tile order, unshuffled, last partial batch kept.
 
@@ -254,7 +267,7 @@ def eval_batches(data_cfg, split: str, batch_size: int, max_tiles=None):
   """
   src = _source(data_cfg, split)
   num = len(src) if max_tiles is None else min(max_tiles, len(src))
-  features = benchmark_builder(data_cfg).info.features
+  features = prepared_builder(data_cfg).info.features
   dtypes = {k: features[k].np_dtype for k in features}
 
   def decode(example):  # Scalars come back as Python ints: restore dtypes.

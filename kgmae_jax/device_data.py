@@ -85,7 +85,7 @@ def train_batches(data_cfg, batch_sharding, global_batch, *, seed,
                   start_step=0):
   """Infinite device batches {'cube', 'valid'}, the same batches as
   `data.train_iterator` (all processes together) for this seed and step."""
-  src = data.benchmark_builder(data_cfg).as_data_source("train")
+  src = data.prepared_builder(data_cfg).as_data_source("train")
   tiles = [data.prepare(src[i], keys=()) for i in range(len(src))]
   resident = upload({k: np.stack([t[k] for t in tiles]) for k in ("cube", "valid")},
                     batch_sharding)

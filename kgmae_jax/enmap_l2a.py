@@ -1,6 +1,6 @@
 r"""EnMAP Level-2A products -> training tiles (TFDS, array_record, manual_dir).
 
-A `tfds.core.ShardBasedBuilder`, one shard per tile row (why: `scene.py`).
+A `scene.TiledScenes` builder (`dataset.DataSet`), one shard per tile row.
 
   python -m kgmae_jax.main --config configs/enmap_l2a.py \
       --config.data.manual_dir=/data/enmap_l2a --workdir runs/enmap
@@ -40,7 +40,6 @@ from xml.etree import ElementTree
 from absl import logging
 import numpy as np
 import rasterio
-import tensorflow_datasets as tfds
 
 from kgmae_jax import enmap
 from kgmae_jax import scene
@@ -131,8 +130,8 @@ def parse_metadata(xml_bytes) -> dict[str, np.ndarray]:
   return dict(zip(('wavelengths_nm', 'fwhm_nm', 'gain', 'offset'), arr.T))
 
 
-class L2AProduct:
-  """Windowed reader of one product: the `scene.py` reader interface."""
+class L2AProduct(scene.Reader):
+  """Windowed reader of one product."""
 
   def __init__(self, ref: ProductRef, scale=0.0):
     self.name = ref.name
@@ -162,8 +161,9 @@ class L2AProduct:
                         layer)
     self._dropped_not_fill = 0
 
-  def read(self, row, col, height, width):
-    """(cube (h, w, 218) reflectance, NaN where invalid; valid (h, w))."""
+  def read_values(self, row, col, height, width):
+    """(h, w, 218) reflectance; a pixel with any fill value or a quality flag
+    set is NaN in every band (the product's validity is per pixel)."""
     raw = scene.read_window(self._src, row, col, height, width, FILL)
     self._dropped_not_fill += int((raw[_DROPPED] != FILL).sum())
     raw = np.moveaxis(raw[_KEPT], 0, -1)  # (h, w, 218) int16
@@ -173,7 +173,7 @@ class L2AProduct:
       valid &= ~(flags != 0).any(0)
     cube = raw.astype(np.float32) * self._gain + self._offset
     cube[~valid] = np.nan
-    return cube, valid
+    return cube
 
   def finish(self, warn=True, count=None):
     """Values of the water-vapour bands that were not fill in the windows
@@ -218,38 +218,31 @@ def is_product(path) -> bool:
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
-class L2AConfig(tfds.core.BuilderConfig):
-  """Products and tiling; `name` is a digest of all parameters."""
-  name: str = dataclasses.field(default='', init=False)
-  manual_dir: str = ''
-  reflectance_scale: float = 0.0
-  tile_size: int = 224
-  tile_overlap: int = 0
-  min_valid_fraction: float = 0.5
-  test_fraction: float = 0.1
-  products: tuple = ()  # Product names found: new products, new build.
+class L2AConfig(scene.TiledConfig):
+  """Products and their tiling."""
+  manual_dir: str
+  products: tuple  # Product names found: new products, new build.
 
   def __post_init__(self):
-    params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-              if f.init}
-    params['products'] = list(self.products)
-    self.name = scene.config_name('l2a', params)
+    super().__post_init__()
     self.description = f'EnMAP L2A tiles of {len(self.products)} products.'
 
+  def prefix(self):
+    return 'l2a'
 
-class EnmapL2ABuilder(tfds.core.ShardBasedBuilder):
+
+class EnmapL2ABuilder(scene.TiledScenes):
   """TFDS builder of EnMAP L2A tiles (`config.data.name = 'enmap_l2a'`)."""
 
   name = 'enmap_l2a'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       f'Put EnMAP L2A products (folders or .ZIP files with "*{METADATA_SUFFIX}" '
       f'and "*{SPECTRAL_SUFFIX}") into the manual_dir '
       '(config.data.manual_dir).')
   DATA_FIELDS = DATA_FIELDS
-  SPLIT_HINT = 'config.data.test_fraction'
-  code_path = None  # As in benchmark.py (tensorflow/datasets#11212).
+  # Gains make reflectance; a value below -1 means fill got through them.
+  NODATA_FIELD = 'config.data.reflectance_scale'
+  EMPTY_FIELD = 'config.data.min_valid_fraction'
 
   @classmethod
   def make_builder_config(cls, data_dir, **params):
@@ -260,33 +253,18 @@ class EnmapL2ABuilder(tfds.core.ShardBasedBuilder):
     names = tuple(p.name for p in find_products(manual))
     return L2AConfig(**dict(params, manual_dir=manual), products=names)
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=scene.tile_features(self.builder_config.tile_size,
-                                     len(_KEPT)),
-        metadata=tfds.core.MetadataDict())
+  def manual_download_dir(self):
+    return self.builder_config.manual_dir
 
-  def _shard_iterators_per_split(self, dl_manager):
+  def _num_bands(self):
+    return len(_KEPT)
+
+  def _scenes(self, dl_manager):
     try:
       manual = dl_manager.manual_dir
     except AssertionError as e:
       raise FileNotFoundError(missing_products_message(
           self.builder_config.manual_dir)) from e
-    c = self.builder_config
-    refs = find_products(manual)
-    first = L2AProduct(refs[0], c.reflectance_scale)
-    self.info.metadata['wavelengths_nm'] = first.wavelengths_nm.tolist()
-    self.info.metadata['fwhm_nm'] = first.fwhm_nm.tolist()
-    self.info.metadata['scenes'] = [r.name for r in refs]
-    first.close()
-    opens = [functools.partial(L2AProduct, r, c.reflectance_scale)
-             for r in refs]
-    kw = dict(scale_field='config.data.reflectance_scale',
-              nodata_field='config.data.reflectance_scale',
-              empty_field='config.data.min_valid_fraction')
-    out = {'train': scene.tile_shards(opens, 'train', c, **kw)}
-    test = scene.tile_shards(opens, 'test', c, **kw)
-    if test:
-      out['test'] = test
-    return out
+    scale = self.builder_config.reflectance_scale
+    return [(r.name, functools.partial(L2AProduct, r, scale))
+            for r in find_products(manual)]

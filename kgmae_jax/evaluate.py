@@ -111,7 +111,8 @@ def evaluate(model, params, config, stats, wavelengths, rng, class_names=()):
   cross, abund_n = None, 0.0
   plot, num_tiles, true_em = {}, 0, []
   max_tiles = ev.num_tiles or None
-  for i, batch in enumerate(data.eval_batches(config.data, ev.split,
+  split = data.evaluation_split(config.data, ev.split)
+  for i, batch in enumerate(data.eval_batches(config.data, split,
                                               ev.batch_size, max_tiles)):
     cube = jnp.asarray(batch["cube"])
     valid = jnp.asarray(batch["valid"])
@@ -150,7 +151,7 @@ def evaluate(model, params, config, stats, wavelengths, rng, class_names=()):
   results = {
       "reconstruction": {k: _pooled(v.result(), ev.data_range)
                          for k, v in recon.items()},
-      "eval": {"split": ev.split, "num_tiles": num_tiles,
+      "eval": {"split": split, "num_tiles": num_tiles,
                "mask_ratio": config.model.mask_ratio},
   }
   if model.lsmm:
@@ -172,7 +173,7 @@ def evaluate(model, params, config, stats, wavelengths, rng, class_names=()):
     }
     plot["true_endmembers"] = ref
     plot["matching"] = (rows, cols)
-  logging.info("Evaluation on %d '%s' tiles: %s", num_tiles, ev.split,
+  logging.info("Evaluation on %d '%s' tiles: %s", num_tiles, split,
                {k: round(v["psnr"], 2) for k, v in
                 results["reconstruction"].items()})
   return {"metrics": results, "plot": plot}

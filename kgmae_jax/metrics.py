@@ -30,9 +30,7 @@ _SSIM_TAPS = np.exp(-0.5 * (np.arange(-_SSIM_RADIUS, _SSIM_RADIUS + 1) / _SSIM_S
 _SSIM_TAPS = tuple(float(g) for g in _SSIM_TAPS / _SSIM_TAPS.sum())  # 11 taps, sum 1.
 
 
-def _as_float(x) -> Array:
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+_as_float = losses._as_float  # pylint: disable=protected-access
 
 
 def _prepare(pred, target, mask):

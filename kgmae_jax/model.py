@@ -6,12 +6,22 @@ K visible tokens, D encoder width, E decoder width, M endmembers.
 The model takes *standardised* cubes (per-band (x - mean) / std; see
 `train.py`) and returns, per token:
   pred        (N, L, p*p*B)  pixel decoder output, standardised units;
-  abundances  (N, L, M) or (N, L, p*p, M) with `per_pixel_abundances`;
+  abundances  (N, L, p*p, M) per pixel (`abundance_head='pixel'`, or 'token'
+              with `per_pixel_abundances`) or (N, L, M) per token;
               non-negative, sum to one (softmax);
-  endmembers  (B, M)  learned, non-negative (softplus of a raw parameter),
+  endmembers  (B, M)  learned, in [0, max_reflectance] (sigmoid of a raw
+              parameter; softplus, unbounded above, with max_reflectance=0),
               reflectance units.
 The physical reconstruction is `losses.lsmm_mix(abundances, endmembers)`,
 a branch parallel to the pixel decoder, in reflectance units.
+
+Abundance heads. 'token' (the paper's): an MLP on each decoder token (E ->
+E/2 -> M, or M per pixel). 'pixel': each pixel's abundances come from its own
+spectrum (standardised; for masked tokens the pixel decoder's prediction,
+since the true spectrum is hidden) projected to E/2, plus the token's
+projected decoder state (spatial context), then GELU and a dense layer to M.
+A token summarises p*p pixels x B bands, so the token head cannot resolve
+sub-patch mixtures; the pixel head can.
 
 Position embeddings are fixed 2-D sin-cos, computed from the patch grid, so one
 set of weights serves any tile size divisible by p. With `lsmm=False` and the
@@ -19,7 +29,7 @@ SAM/LSMM weights at 0 this is the plain ViT-MAE baseline.
 """
 
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -113,6 +123,9 @@ class KarmaMAE(nn.Module):
   lsmm: bool = True
   num_endmembers: int = 8
   per_pixel_abundances: bool = False
+  abundance_head: str = "token"  # 'token' (paper) or 'pixel' (module doc).
+  max_reflectance: float = 1.0  # Endmember bound; 0: softplus, no bound.
+  endmember_init: Optional[Callable] = None  # (key, (B, M)) -> reflectance.
   dtype: jnp.dtype = jnp.float32
   attention: Optional[str] = None
   remat: bool = False
@@ -130,15 +143,23 @@ class KarmaMAE(nn.Module):
     self.pixel_head = nn.Dense(p * p * b, dtype=self.dtype, name="pixel_head")
     if self.lsmm:
       m = self.num_endmembers
-      out = m * p * p if self.per_pixel_abundances else m
+      if self.abundance_head not in ("token", "pixel"):
+        raise ValueError(f"abundance_head must be 'token' or 'pixel', got "
+                         f"{self.abundance_head!r}.")
+      pixel = self.abundance_head == "pixel"
+      out = m * p * p if (self.per_pixel_abundances and not pixel) else m
       self.lsmm_hidden = nn.Dense(self.dec_width // 2, dtype=self.dtype,
                                   name="lsmm_hidden")
+      if pixel:
+        self.lsmm_spectrum = nn.Dense(self.dec_width // 2, dtype=self.dtype,
+                                      name="lsmm_spectrum")
       self.lsmm_out = nn.Dense(out, dtype=self.dtype, name="lsmm_out")
-      # Raw parameter; endmembers = softplus(raw) >= 0. Random init as in the
-      # paper (reflectance ~U(0.05, 0.6)); `train.py` may overwrite it with
-      # library or data spectra.
+      # Raw parameter; endmembers = to_reflectance(raw). The init (reflectance
+      # spectra, (B, M)) is chosen by config: see `endmember_initializer`.
+      init = self.endmember_init or smooth_random_init()
       self.endmembers_raw = self.param(
-          "endmembers_raw", _softplus_inverse_uniform(0.05, 0.6), (b, m))
+          "endmembers_raw",
+          lambda key, shape: self._to_raw(init(key, shape)), (b, m))
 
   def encode(self, x, ids_keep=None):
     """Standardised cube (N, H, W, B) -> visible-token embeddings (N, K, D).
@@ -180,16 +201,41 @@ class KarmaMAE(nn.Module):
     y = self.decoder(y)
     out = {"pred": self.pixel_head(y).astype(jnp.float32)}
     if self.lsmm:
-      logits = self.lsmm_out(nn.gelu(self.lsmm_hidden(y))).astype(jnp.float32)
-      if self.per_pixel_abundances:
-        logits = logits.reshape(n, grid[0] * grid[1], p * p, self.num_endmembers)
+      num_tokens = grid[0] * grid[1]
+      if self.abundance_head == "pixel":
+        # Each pixel's spectrum: observed where its token is visible, the
+        # pixel decoder's prediction where it is masked.
+        visible = jnp.zeros((n, num_tokens), bool).at[
+            jnp.arange(n)[:, None], ids_keep].set(True)
+        spectra = jnp.where(
+            visible[:, :, None, None],
+            patching.patchify(x, p).reshape(n, num_tokens, p * p, -1),
+            out["pred"].reshape(n, num_tokens, p * p, -1))
+        h = (self.lsmm_spectrum(spectra.astype(self.dtype))
+             + self.lsmm_hidden(y)[:, :, None, :])
+        logits = self.lsmm_out(nn.gelu(h)).astype(jnp.float32)
+      else:
+        logits = self.lsmm_out(nn.gelu(self.lsmm_hidden(y))).astype(jnp.float32)
+        if self.per_pixel_abundances:
+          logits = logits.reshape(n, num_tokens, p * p, self.num_endmembers)
       out["abundances"] = jax.nn.softmax(logits, axis=-1)
       out["endmembers"] = self.endmembers()
     return out
 
+  def _to_raw(self, reflectance):
+    """Inverse of `endmembers()`'s map, for an init in reflectance units."""
+    if self.max_reflectance > 0:
+      r = jnp.clip(jnp.asarray(reflectance, jnp.float32) / self.max_reflectance,
+                   1e-3, 1 - 1e-3)
+      return jnp.log(r) - jnp.log1p(-r)
+    return softplus_inverse(reflectance)
+
   def endmembers(self):
-    """Non-negative endmember matrix (B, M), reflectance units."""
-    return jax.nn.softplus(self.endmembers_raw.astype(jnp.float32))
+    """Endmember matrix (B, M), reflectance units, in [0, max_reflectance]."""
+    raw = self.endmembers_raw.astype(jnp.float32)
+    if self.max_reflectance > 0:
+      return self.max_reflectance * jax.nn.sigmoid(raw)
+    return jax.nn.softplus(raw)
 
 
 def standardise(cube, valid, mean, std):
@@ -225,9 +271,33 @@ def forward(model, params, cube, valid, ids_keep, ids_restore, mean, std):
   return res
 
 
-def _softplus_inverse_uniform(lo, hi):
-  def init(key, shape, dtype=jnp.float32):
-    return softplus_inverse(jax.random.uniform(key, shape, dtype, lo, hi))
+def smooth_random_init(lo=0.05, hi=0.6, knots=8):
+  """Initializer (key, (B, M)) -> random spectra smooth across bands: values
+  U(lo, hi) at `knots` evenly spaced bands, linearly interpolated. (The
+  paper's init is unpublished; per-band white noise would stay noise, since
+  every band of an endmember gets nearly the same gradient.)"""
+  def init(key, shape):
+    b, m = shape
+    k = max(2, min(knots, b))
+    values = jax.random.uniform(key, (k, m), jnp.float32, lo, hi)
+    at = jnp.linspace(0.0, b - 1.0, k)
+    grid = jnp.arange(b, dtype=jnp.float32)
+    return jax.vmap(lambda v: jnp.interp(grid, at, v), in_axes=1, out_axes=1)(
+        values)
+  return init
+
+
+def constant_init(endmembers):
+  """Initializer returning the given (B, M) reflectance spectra (library or
+  data-derived endmembers; see `train.initial_endmembers`)."""
+  e = np.asarray(endmembers, np.float32)
+
+  def init(key, shape):
+    del key
+    if e.shape != tuple(shape):
+      raise ValueError(f"Endmember init has shape {e.shape}, the model needs "
+                       f"{tuple(shape)} (bands, M).")
+    return jnp.asarray(e)
   return init
 
 
@@ -237,8 +307,12 @@ def softplus_inverse(y):
   return y + jnp.log(-jnp.expm1(-y))
 
 
-def build(model_cfg, lsmm_cfg, num_bands):
-  """KarmaMAE from the `model` and `lsmm` config groups and the data's bands."""
+def build(model_cfg, lsmm_cfg, num_bands, endmembers=None):
+  """KarmaMAE from the `model` and `lsmm` config groups and the data's bands.
+
+  endmembers: optional (B, M) reflectance spectra to initialise A with
+  (lsmm.init library / data / kmeans / vca); None: smooth random spectra.
+  """
   return KarmaMAE(
       num_bands=num_bands,
       patch_size=model_cfg.patch_size,
@@ -252,6 +326,9 @@ def build(model_cfg, lsmm_cfg, num_bands):
       lsmm=lsmm_cfg.enabled,
       num_endmembers=lsmm_cfg.num_endmembers,
       per_pixel_abundances=lsmm_cfg.per_pixel,
+      abundance_head=lsmm_cfg.head,
+      max_reflectance=lsmm_cfg.max_reflectance,
+      endmember_init=None if endmembers is None else constant_init(endmembers),
       dtype=jnp.dtype(model_cfg.dtype),
       attention=None if model_cfg.attention == "auto" else model_cfg.attention,
       remat=model_cfg.remat,

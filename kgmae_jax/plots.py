@@ -12,7 +12,7 @@ from kgmae_jax import enmap
 from kgmae_jax import report
 
 
-def _spectrum_xy(wavelengths, values):
+def spectrum_xy(wavelengths, values):
   """Sorted by wavelength, with NaN breaks across gaps (dropped bands)."""
   order = np.argsort(wavelengths)
   x, y = np.asarray(wavelengths)[order], np.asarray(values)[..., order]
@@ -22,7 +22,15 @@ def _spectrum_xy(wavelengths, values):
   return x, y
 
 
-def _rgb(cube, idx, lo_hi):
+def save(fig, path, dpi=100):
+  """Lays out, writes and closes `fig`."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+
+
+def rgb(cube, idx, lo_hi):
+  """(..., 3) false colour in [0, 1] of bands `idx`, stretched over lo_hi."""
   lo, hi = lo_hi
   return np.clip((cube[..., idx] - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
 
@@ -60,11 +68,11 @@ def reconstructions(plot, wavelengths, out_path):
   fig, axes = plt.subplots(n + 1, len(cols), figsize=(3 * len(cols), 3 * n + 3),
                            squeeze=False)
   for i in range(n):
-    shown = _rgb(cube[i], idx, lo_hi)
+    shown = rgb(cube[i], idx, lo_hi)
     images = [shown, np.where(masked[i][..., None], 0.5, shown),
-              _rgb(recon[i], idx, lo_hi)]
+              rgb(recon[i], idx, lo_hi)]
     if "mixed" in plot:
-      images.append(_rgb(plot["mixed"][i], idx, lo_hi))
+      images.append(rgb(plot["mixed"][i], idx, lo_hi))
     for j, img in enumerate(images):
       axes[i, j].imshow(img)
       axes[i, j].set_axis_off()
@@ -82,13 +90,11 @@ def reconstructions(plot, wavelengths, out_path):
                                                        "C0-"),
                               (plot.get("mixed"), "A·a", "C1--")):
       if arr is not None:
-        ax.plot(*_spectrum_xy(wavelengths, arr[0, y, x]), style, label=label)
+        ax.plot(*spectrum_xy(wavelengths, arr[0, y, x]), style, label=label)
     ax.set(xlabel="wavelength (nm)", ylabel="reflectance",
            title=f"masked pixel ({y}, {x})")
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
-  plt.close(fig)
+  save(fig, out_path)
 
 
 def endmembers(plot, wavelengths, class_names, sad_deg, out_path):
@@ -107,20 +113,28 @@ def endmembers(plot, wavelengths, class_names, sad_deg, out_path):
     if j >= m:
       ax.set_axis_off()
       continue
-    ax.plot(*_spectrum_xy(wavelengths, learned[:, j]), "C0-", label="learned")
+    ax.plot(*spectrum_xy(wavelengths, learned[:, j]), "C0-", label="learned")
     title = f"endmember {j}"
     if j in matched:
       c = matched[j]
       name = class_names[c] if c < len(class_names) else str(c)
-      ax.plot(*_spectrum_xy(wavelengths, plot["true_endmembers"][c]), "k--",
+      ax.plot(*spectrum_xy(wavelengths, plot["true_endmembers"][c]), "k--",
               label=f"true {name}")
       title += f" ~ {name} (SAD {sad_deg.get(name, np.nan):.1f}°)"
     ax.set_title(title, fontsize=8)
     ax.set(xlabel="nm", ylabel="reflectance")
     ax.legend(fontsize=6)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
-  plt.close(fig)
+  save(fig, out_path)
+
+
+def spectra(curves, wavelengths, out_path, title):
+  """One line per (label, (B,) reflectance) in `curves`, against nm."""
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for label, values in curves:
+    ax.plot(*spectrum_xy(wavelengths, values), label=label)
+  ax.set(xlabel="wavelength (nm)", ylabel="reflectance", title=title)
+  ax.legend(fontsize=7)
+  save(fig, out_path)
 
 
 def abundance_maps(plot, class_names, out_path):
@@ -137,9 +151,7 @@ def abundance_maps(plot, class_names, out_path):
     axes[1, j].set_title(f"pred. endmember {r}", fontsize=8)
     for ax in axes[:, j]:
       ax.set_axis_off()
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
-  plt.close(fig)
+  save(fig, out_path)
 
 
 def write_all(workdir, summary, wavelengths, class_names):

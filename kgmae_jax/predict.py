@@ -27,183 +27,12 @@ import pathlib
 from absl import app
 from absl import flags
 from absl import logging
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from kgmae_jax import checkpoint as ckpt_lib
-from kgmae_jax import enmap_l2a
-from kgmae_jax import model as model_lib
-from kgmae_jax import patching
+from kgmae_jax import inference
 from kgmae_jax import scene as scene_lib
-from kgmae_jax import sharding
 
-WHATS = ('abundances', 'embeddings', 'reconstruction')
-
-
-# ------------------------------------------------------------ tiled inference
-def blend_window(size: int) -> np.ndarray:
-  """(size, size) float32 weights: outer product of sin^2, floored at 1e-3."""
-  w = np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2
-  w = np.maximum(w, 1e-3)
-  return np.outer(w, w).astype(np.float32)
-
-
-def tile_origins(length, tile, stride):
-  """Starts 0, stride, ... covering [0, length) with tiles of `tile`."""
-  n = max(0, -(-(length - tile) // stride)) + 1
-  return [i * stride for i in range(n)]
-
-
-def tiled_predict(read, height, width, apply_fn, *, tile, stride, factor=1,
-                  batch_size=8):
-  """Runs `apply_fn` over overlapping tiles and blends the results.
-
-  Args:
-    read: (row, col, size) -> (cube (size, size, B), valid (size, size));
-      windows may pass the image border (padding must be invalid).
-    height, width: image size in pixels.
-    apply_fn: (cube (N, T, T, B), valid (N, T, T)) -> (N, T/f, T/f, C).
-    tile: T, a multiple of `factor`; stride: a multiple of `factor`.
-    factor: f, output pixels per input pixel edge (1, or the patch size).
-    batch_size: tiles per `apply_fn` call (the last batch is padded).
-
-  Returns:
-    (ceil(H/f), ceil(W/f), C) float32; NaN where no input pixel is valid
-    (with f > 1: no valid pixel in the f x f block).
-  """
-  if tile % factor or stride % factor or stride <= 0:
-    raise ValueError(f'tile={tile} and stride={stride} must be positive '
-                     f'multiples of {factor}.')
-  t = tile // factor
-  win = blend_window(t)
-  origins = [(r, c) for r in tile_origins(height, tile, stride)
-             for c in tile_origins(width, tile, stride)]
-  hp = max(r for r, _ in origins) + tile
-  wp = max(c for _, c in origins) + tile
-  total = wsum = None
-  valid_out = np.zeros((hp // factor, wp // factor), bool)
-  for i in range(0, len(origins), batch_size):
-    chunk = origins[i:i + batch_size]
-    cubes, valids = zip(*(read(r, c, tile) for r, c in chunk))
-    cube, valid = np.stack(cubes), np.stack(valids)
-    pad = batch_size - len(chunk)
-    if pad:
-      cube = np.concatenate([cube, np.zeros((pad,) + cube.shape[1:],
-                                            cube.dtype)])
-      valid = np.concatenate([valid, np.zeros((pad,) + valid.shape[1:], bool)])
-    cube = np.where(valid[..., None], cube, 0).astype(np.float32)
-    out = np.asarray(apply_fn(cube, valid))[:len(chunk)]
-    if total is None:
-      total = np.zeros((hp // factor, wp // factor, out.shape[-1]), np.float32)
-      wsum = np.zeros((hp // factor, wp // factor), np.float32)
-    for (r, c), o, v in zip(chunk, out, valid):
-      rs, cs = slice(r // factor, r // factor + t), slice(c // factor,
-                                                          c // factor + t)
-      total[rs, cs] += o * win[..., None]
-      wsum[rs, cs] += win
-      v = v.reshape(t, factor, t, factor).any(axis=(1, 3))
-      valid_out[rs, cs] |= v
-  out = total / wsum[..., None]
-  out[~valid_out] = np.nan
-  return out[:-(-height // factor), :-(-width // factor)]
-
-
-def make_apply_fn(model, params, mean, std, what):
-  """Jitted (cube, valid) -> per-pixel (N, T, T, C) or per-token outputs."""
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
-  p = model.patch_size
-  if what not in WHATS:
-    raise ValueError(f'--what must be one of {WHATS}, got {what!r}.')
-  if what == 'abundances' and not model.lsmm:
-    raise ValueError('--what=abundances needs a model with the LSMM branch '
-                     '(lsmm.enabled); this checkpoint has none.')
-
-  @jax.jit
-  def apply(cube, valid):
-    n, h, w, b = cube.shape
-    grid = (h // p, w // p)
-    if what == 'embeddings':
-      x = model_lib.standardise(cube, valid, mean, std)
-      z = model_lib.encode(params, x, model=model)  # (N, L, D)
-      return z.reshape(n, grid[0], grid[1], -1)
-    ids, _, _ = patching.no_masking(n, grid[0] * grid[1])
-    res = model_lib.forward(model, params, cube, valid, ids, ids, mean, std)
-    if what == 'reconstruction':
-      tokens = (res['pred'] * std + mean).reshape(n, -1, p * p * b)
-      return patching.unpatchify(tokens, p, grid, b)
-    a = res['abundances']
-    if a.ndim == 3:  # Per token: every pixel of the patch shares it.
-      a = jnp.repeat(a[:, :, None], p * p, axis=2)
-    m = a.shape[-1]
-    return patching.unpatchify(a.reshape(n, -1, p * p * m), p, grid, m)
-
-  return apply
-
-
-# ------------------------------------------------------------- checkpoints
-def load_checkpoint(workdir, step=None):
-  """(model, params, meta) from the checkpoint in `workdir` (default latest).
-
-  Raises ValueError naming both shapes if a stored parameter does not match
-  the model its config builds.
-  """
-  from kgmae_jax import train  # pylint: disable=g-import-not-at-top
-  ckpt = ckpt_lib.Checkpointer(workdir, 1, 10**6)  # Never prunes.
-  step = ckpt.latest_step() if step is None else step
-  meta = ckpt.restore_meta(step)
-  config = ml_collections.ConfigDict(meta['config'])
-  num_bands = int(meta['num_bands'])
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 1, 'fsdp': 1}),
-                            devices=jax.devices()[:1])
-  trainer = train.build_trainer(config, mesh, num_bands,
-                                np.asarray(meta['band_mean'], np.float32),
-                                np.asarray(meta['band_std'], np.float32))
-  stored = ocp.StandardCheckpointer().metadata(
-      ckpt.directory / str(step) / 'state').item_metadata
-  want = jax.tree_util.tree_flatten_with_path(trainer.abstract_state.params)[0]
-  have = dict(jax.tree_util.tree_flatten_with_path(stored['params'])[0])
-  for path, leaf in want:
-    got = have.get(path)
-    if got is None or tuple(got.shape) != tuple(leaf.shape):
-      raise ValueError(
-          f'Checkpoint {ckpt.directory} step {step}: parameter '
-          f'{jax.tree_util.keystr(path)} has shape '
-          f'{None if got is None else tuple(got.shape)} but the model built '
-          f'from its config ({num_bands} bands) has {tuple(leaf.shape)}.')
-  state, _ = ckpt.restore(step, ckpt_lib.abstract_with_shardings(
-      trainer.abstract_state, trainer.state_shardings))
-  ckpt.close()
-  return trainer.model, state.params, meta
-
-
-# ------------------------------------------------------------------- inputs
-def open_input(path, config, *, scale=None, nodata=None, wavelengths=''):
-  """A `scene.py`-style reader for `path` with the model's data settings."""
-  d = config.data
-  scale = d.reflectance_scale if scale is None else scale
-  if enmap_l2a.is_product(path):
-    return enmap_l2a.open_product(path, scale)
-  nodata = d.nodata if nodata is None else nodata
-  return scene_lib.open_scene(  # The bands the model was trained on.
-      path, scale=scale or 1.0, nodata=nodata, wavelengths_file=wavelengths,
-      drop_bands=d.get('drop_bands', ()),
-      drop_ranges_nm=d.get('drop_ranges_nm', ()))
-
-
-def check_bands(reader, meta, workdir):
-  """Raises ValueError naming both shapes if the band counts differ."""
-  h, w, b = reader.shape
-  want = int(meta['num_bands'])
-  if b != want:
-    t = meta['config']['data']['tile_size']
-    raise ValueError(
-        f'Input {reader.name} has shape (H, W, B) = {(h, w, b)} but the model '
-        f'in {workdir} takes (N, {t}, {t}, {want}) cubes: {b} != {want} bands. '
-        'Use a checkpoint trained on this sensor, or resample the input.')
+WHATS = inference.WHATS
 
 
 # ------------------------------------------------------------------ outputs
@@ -229,7 +58,6 @@ def write_geotiff(path, array, *, crs, transform, factor=1, descriptions=()):
 def write_endmembers(stem, endmembers, wavelengths_nm):
   """`<stem>_endmembers.csv` and `.png` of (B, M) endmembers; returns paths."""
   from kgmae_jax import plots  # pylint: disable=g-import-not-at-top
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   em = np.asarray(endmembers, np.float64)
   m = em.shape[1]
   csv_path = pathlib.Path(f'{stem}_endmembers.csv')
@@ -237,34 +65,19 @@ def write_endmembers(stem, endmembers, wavelengths_nm):
   np.savetxt(csv_path, np.column_stack([wavelengths_nm, em]), delimiter=',',
              header=header, comments='', fmt='%.6g')
   png_path = pathlib.Path(f'{stem}_endmembers.png')
-  fig, ax = plt.subplots(figsize=(7, 4))
-  for j in range(m):
-    ax.plot(*plots._spectrum_xy(wavelengths_nm, em[:, j]),  # pylint: disable=protected-access
-            label=f'endmember {j}')
-  ax.set(xlabel='wavelength (nm)', ylabel='reflectance',
-         title='Learned endmembers')
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)
+  plots.spectra([(f'endmember {j}', em[:, j]) for j in range(m)],
+                wavelengths_nm, png_path, 'Learned endmembers')
   return csv_path, png_path
 
 
-def predict_array(model, params, meta, reader, what, *, tile=None,
-                  overlap=None, batch_size=8, window=None):
+def predict_array(loaded, reader, what, *, tile=None, overlap=None,
+                  batch_size=8, window=None):
   """`what` over the reader's image (or `window` = (row, col, h, w) of it).
 
-  Returns (H, W, C) float32 (patch grid for embeddings), NaN where no input.
+  `loaded` is `inference.load`'s. Returns (H, W, C) float32 (patch grid for
+  embeddings), NaN where no input.
   """
-  p = model.patch_size
-  tile = tile or meta['config']['data']['tile_size']
-  overlap = tile // 4 if overlap is None else overlap
-  if tile % p:
-    raise ValueError(f'--tile={tile} must be a multiple of the patch size {p}.')
-  stride = max(p, (tile - overlap) // p * p)
   r0, c0, h, w = window or (0, 0) + tuple(reader.shape[:2])
-  apply_fn = make_apply_fn(model, params, meta['band_mean'], meta['band_std'],
-                           what)
   checked = []
 
   def read(row, col, size):
@@ -275,9 +88,8 @@ def predict_array(model, params, meta, reader, what, *, tile=None,
       checked.append(True)
     return cube, valid
 
-  return tiled_predict(read, h, w, apply_fn, tile=tile, stride=stride,
-                       factor=p if what == 'embeddings' else 1,
-                       batch_size=batch_size)
+  return inference.apply_tiled(loaded, read, h, w, what, tile=tile,
+                               overlap=overlap, batch_size=batch_size)
 
 
 def run(workdir, input_path, output, *, what='abundances', tile=None,
@@ -287,15 +99,13 @@ def run(workdir, input_path, output, *, what='abundances', tile=None,
 
   Returns a dict with the output `array` and the written `paths`.
   """
-  model, params, meta = load_checkpoint(workdir, step)
-  config = ml_collections.ConfigDict(meta['config'])
-  reader = open_input(input_path, config, scale=scale, nodata=nodata,
-                      wavelengths=wavelengths)
-  check_bands(reader, meta, workdir)
-  out = predict_array(model, params, meta, reader, what, tile=tile,
-                      overlap=overlap, batch_size=batch_size)
-  factor = model.patch_size if what == 'embeddings' else 1
-  wl = np.asarray(meta['wavelengths_nm'], np.float64)
+  loaded = inference.load(workdir, step)
+  reader = inference.open_image(loaded, input_path, scale=scale, nodata=nodata,
+                                wavelengths=wavelengths)
+  out = predict_array(loaded, reader, what, tile=tile, overlap=overlap,
+                      batch_size=batch_size)
+  factor = loaded.model.patch_size if what == 'embeddings' else 1
+  wl = loaded.wavelengths_nm
   names = {'abundances': [f'endmember {j}' for j in range(out.shape[-1])],
            'reconstruction': [f'{x:.1f} nm' for x in wl],
            'embeddings': [f'embedding {j}' for j in range(out.shape[-1])]}
@@ -303,8 +113,7 @@ def run(workdir, input_path, output, *, what='abundances', tile=None,
                 factor=factor, descriptions=names[what])
   paths = [pathlib.Path(output)]
   if what == 'abundances':
-    em = jax.device_get(model.apply({'params': params},
-                                    method=model_lib.KarmaMAE.endmembers))
+    em = inference.endmembers(loaded)
     stem = str(output)[:-len(pathlib.Path(output).suffix) or None]
     paths += write_endmembers(stem, em, wl)
   reader.close()

@@ -7,9 +7,26 @@ log reads as one uninterrupted run.
 
 import json
 import math
+import os
+import pathlib
+import subprocess
 
 import numpy as np
 from etils import epath
+
+
+def git_revision():
+  """`git describe --always --dirty` of this code (e.g. 'ae29b0e-dirty');
+  $KGMAE_GIT_REVISION when set (copies without .git), 'unknown' without git."""
+  if os.environ.get("KGMAE_GIT_REVISION"):
+    return os.environ["KGMAE_GIT_REVISION"]
+  try:
+    return subprocess.run(
+        ["git", "describe", "--always", "--dirty"], capture_output=True,
+        cwd=pathlib.Path(__file__).resolve().parents[1], text=True, check=True,
+        timeout=10).stdout.strip() or "unknown"
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
 
 
 def jsonable(x):

@@ -1,16 +1,21 @@
 r"""A user's own hyperspectral cube: readers, tiling, and the `own_scene` builder.
 
-Readers give windowed access to a cube of any sensor in reflectance units:
+Readers (`Reader`) give windowed access to a cube of any sensor in
+reflectance units:
   * GeoTIFF (any band count; rasterio, windowed reads);
   * ENVI (`.hdr` + data file; rasterio's ENVI driver, header parsed here for
     the wavelengths);
-  * `.npy` (H, W, B), memory-mapped, with a wavelengths file.
-Every reader has `name`, `shape` (H, W, B), `wavelengths_nm` (B,), `crs` (WKT,
-'' when unknown), `transform` (6 affine coefficients a, b, c, d, e, f) and
-`read(row, col, height, width) -> (cube (h, w, B) float32 reflectance, NaN at
-invalid pixels; valid (h, w) bool)`; windows may extend past the image
-(padding is invalid). A pixel is invalid where any band is non-finite or equals
-the nodata value (`config.data.nodata` or the file's own nodata tag).
+  * `.npy` (H, W, B), memory-mapped, with a wavelengths file;
+  * an EnMAP L2A product (`enmap_l2a.L2AProduct`).
+A pixel is invalid where any band is non-finite or equals the nodata value
+(`config.data.nodata` or the file's own nodata tag). Readers implement
+`read_values` (every band of the file, NaN per missing value); `Reader.read`
+gives whole pixels of the kept bands.
+
+Bad bands: `select_bands` leaves out `config.data.drop_bands` (0-based file
+indices) and `drop_ranges_nm` (nm ranges), for training and for predict
+(`inference.open_image`); the own-scene build first names every kept band
+with no valid value or zero variance (`check_bad_bands`).
 
 Tiling (`tile_grid`): the bottom `test_fraction` of each scene's rows is the
 `test` split, the rest `train`; tiles of `tile_size` step by
@@ -19,14 +24,15 @@ is shifted to end at the border), so test tiles never overlap train tiles.
 Tiles with fewer than `min_valid_fraction` valid pixels are dropped; every
 kept tile's values must look like reflectance (`check_reflectance`).
 
-The builders are `tfds.core.ShardBasedBuilder`s with one shard per tile row:
-a `GeneratorBasedBuilder` passes every example through TFDS's shuffler, which
-keeps up to 1 GB in memory and then needs TensorFlow to spill to disk.
+`TiledScenes` is the builder skeleton of this module's `SceneBuilder` and of
+`enmap_l2a.EnmapL2ABuilder`: scenes (readers) cut into tiles, one shard per
+tile row (see dataset.py).
 
   python -m kgmae_jax.main --config configs/own_scene.py \
       --config.data.scene=/path/cube.tif --workdir runs/own
 """
 
+import abc
 import dataclasses
 import functools
 import hashlib
@@ -34,12 +40,17 @@ import json
 import os
 import pathlib
 import re
+import sys
+from typing import Callable, ClassVar, Optional
 
 from absl import logging
 import numpy as np
 import rasterio
 from rasterio import windows as rio_windows
 import tensorflow_datasets as tfds
+
+from kgmae_jax import dataset
+from kgmae_jax import spectra
 
 _ENVI_DATA_EXTS = ('', '.img', '.dat', '.raw', '.bsq', '.bil', '.bip', '.bin')
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # Pixel coordinates, no georeference.
@@ -79,13 +90,6 @@ def to_nm(w, units='') -> np.ndarray:
   return w
 
 
-def read_envi_header(path) -> dict[str, str]:
-  """`key = value` and `key = { ... }` entries of an ENVI header, keys lower."""
-  text = pathlib.Path(path).read_text()
-  entries = re.findall(r'^\s*([^=\n]+?)\s*=\s*(\{[^}]*\}|[^\n]*)', text, re.M)
-  return {k.strip().lower(): v.strip().strip('{}').strip() for k, v in entries}
-
-
 def _floats(text: str) -> np.ndarray:
   return np.array([float(v) for v in re.split(r'[,\s]+', text.strip()) if v])
 
@@ -111,14 +115,45 @@ def _invalid_to_nan(cube, valid):
   return cube, valid
 
 
-def _read_kept_bands(self, row, col, height, width):
-  """(cube (h, w, B) reflectance of the kept bands, NaN where invalid; valid
-  (h, w): every kept band has a value). The readers' `read`."""
-  cube = self.read_values(row, col, height, width)
-  keep = getattr(self, 'keep', None)
-  if keep is not None:
-    cube = cube[..., keep]
-  return _invalid_to_nan(cube, np.isfinite(cube).all(-1))
+class Reader(abc.ABC):
+  """Windowed access to one cube in reflectance units.
+
+  Subclasses give `read_values`; `read` (whole pixels) is built on it. After
+  `select_bands`, `shape`, `wavelengths_nm` and `fwhm_nm` describe the kept
+  bands only and `keep` holds their indices in the file.
+  """
+  name: str  # For messages: the file or product name.
+  shape: tuple[int, int, int]  # (H, W, B).
+  wavelengths_nm: np.ndarray  # (B,) band centres.
+  fwhm_nm: Optional[np.ndarray] = None  # (B,) band widths, if known.
+  crs: str = ''  # WKT; '' when unknown.
+  transform: tuple = IDENTITY  # 6 affine coefficients a, b, c, d, e, f.
+  keep: Optional[np.ndarray] = None  # File band indices read; None: all.
+
+  @abc.abstractmethod
+  def read_values(self, row, col, height, width):
+    """(h, w, B_file) float32 reflectance of every band of the file (before
+    `keep`), NaN for each value that is missing (non-finite, nodata, flagged,
+    outside the image)."""
+
+  def read(self, row, col, height, width):
+    """(cube (h, w, B) float32 reflectance of the kept bands, NaN at invalid
+    pixels; valid (h, w) bool: every kept band has a value). Windows may
+    extend past the image (padding is invalid)."""
+    cube = self.read_values(row, col, height, width)
+    if self.keep is not None:
+      cube = cube[..., self.keep]
+    return _invalid_to_nan(cube, np.isfinite(cube).all(-1))
+
+  def finish(self, warn=True, count=None) -> int:
+    """After the reads of a build: how many values the reads dropped that
+    should have been fill (0 unless the format has such bands); warns if
+    `warn` and that (or `count`, summed over several readers) is > 0."""
+    del warn, count
+    return 0
+
+  def close(self):
+    pass
 
 
 # ------------------------------------------------------------------ bad bands
@@ -142,23 +177,25 @@ def kept_bands(wavelengths_nm, drop_bands=(), drop_ranges_nm=()):
   return np.flatnonzero(~drop)
 
 
-def select_bands(reader, drop_bands=(), drop_ranges_nm=()):
-  """Makes `reader` return only the kept bands (shape, wavelengths, read)."""
+def select_bands(reader: Reader, drop_bands=(), drop_ranges_nm=()) -> Reader:
+  """Makes `reader` return only the kept bands (shape, wavelengths, fwhm,
+  read)."""
   if not len(drop_bands) and not len(drop_ranges_nm):
     return reader
   keep = kept_bands(reader.wavelengths_nm, drop_bands, drop_ranges_nm)
   reader.keep = keep
-  reader.file_bands = reader.shape[2]
-  reader.shape = reader.shape[:2] + (len(keep),)
+  reader.shape = tuple(reader.shape[:2]) + (len(keep),)
   reader.wavelengths_nm = reader.wavelengths_nm[keep]
+  if reader.fwhm_nm is not None:
+    reader.fwhm_nm = reader.fwhm_nm[keep]
   return reader
 
 
-def check_bad_bands(reader, rows=64):
+def check_bad_bands(reader: Reader, rows=64):
   """Raises ValueError naming (file index and wavelength) every kept band
   with no valid value or zero variance; reads the scene once, in strips."""
   h, w, _ = reader.shape
-  keep = getattr(reader, 'keep', None)
+  keep = reader.keep
   count = lo = hi = None
   for r in range(0, h, rows):
     v = reader.read_values(r, 0, min(rows, h - r), w)
@@ -189,14 +226,14 @@ def check_bad_bands(reader, rows=64):
         'e.g. "((1340, 1460),)".')
 
 
-class RasterScene:
+class RasterScene(Reader):
   """A GeoTIFF or ENVI cube through rasterio (windowed reads)."""
 
   def __init__(self, path, *, scale=1.0, nodata=None, wavelengths_nm=None):
     path = pathlib.Path(path)
     header = None
     if path.suffix.lower() == '.hdr':
-      header = read_envi_header(path)
+      header = spectra.read_envi_header(path)
       stem = path.with_suffix('')
       data = [stem.with_name(stem.name + e) for e in _ENVI_DATA_EXTS]
       data = [p for p in data if p.is_file()]
@@ -206,7 +243,7 @@ class RasterScene:
       path = data[0]
     elif (path.with_suffix('.hdr').is_file()
           and path.suffix.lower() not in ('.tif', '.tiff')):
-      header = read_envi_header(path.with_suffix('.hdr'))
+      header = spectra.read_envi_header(path.with_suffix('.hdr'))
     self.name = path.name
     self._src = rasterio.open(path)
     src = self._src
@@ -255,13 +292,12 @@ class RasterScene:
     out[~ok] = np.nan
     return out
 
-  read = _read_kept_bands
 
   def close(self):
     self._src.close()
 
 
-class NpyScene:
+class NpyScene(Reader):
   """A `.npy` (H, W, B) cube, memory-mapped; no georeference."""
 
   def __init__(self, path, *, wavelengths_nm, scale=1.0, nodata=None):
@@ -299,10 +335,6 @@ class NpyScene:
     out[~ok] = np.nan
     return out
 
-  read = _read_kept_bands
-
-  def close(self):
-    pass
 
 
 def open_scene(path, *, scale=1.0, nodata=None, wavelengths_file='',
@@ -357,8 +389,14 @@ def _starts(lo, hi, tile, stride):
 
 
 def tile_grid(height, width, tile, overlap, test_fraction):
-  """{'train': [(row, col)], 'test': [...]} of tile origins (module doc)."""
+  """{'train': [(row, col)], 'test': [...]} of tile origins (module doc).
+
+  A held-out strip shorter than one tile holds no tile: then every row is
+  used for training and 'test' is empty (evaluation falls back to 'train').
+  """
   split = height - int(round(test_fraction * height))
+  if height - split < tile:
+    split = height
   stride = tile - overlap
   cols = _starts(0, width, tile, stride)
   return {'train': [(r, c) for r in _starts(0, split, tile, stride) for c in cols],
@@ -428,10 +466,12 @@ def tile_shards(scenes, split, c, *, scale_field, nodata_field,
         f'config.data.tile_size: {c.tile_size} leaves no train tile in scenes '
         f'of these sizes (test_fraction={c.test_fraction}).')
   if split == 'test' and c.test_fraction > 0 and not shards:
-    raise ValueError(
-        f'config.data.test_fraction: {c.test_fraction} of the rows is less '
-        f'than one tile (tile_size={c.tile_size}) in every scene; raise it '
-        '(or set 0 and config.evals.split="train").')
+    logging.warning(
+        'config.data.test_fraction: %g of the rows is less than one tile '
+        '(tile_size=%d) in every scene, so nothing is held out: every row '
+        'trains and evaluation uses the training tiles. Raise test_fraction '
+        'to hold out a strip, or set 0 to silence this.', c.test_fraction,
+        c.tile_size)
   return shards
 
 
@@ -462,17 +502,15 @@ def _row_tiles(open_fn, index, row, cols, *, c, split, scale_field,
         'transform': np.asarray(window_transform(s.transform, row, col)),
         'row': np.int32(row), 'col': np.int32(col),
         'tile_id': np.int64(tile_id)}
-  finish = getattr(s, 'finish', None)
-  if finish is not None:
-    stats['dropped_not_fill'] += finish(warn=False)
+  stats['dropped_not_fill'] += s.finish(warn=False)
   s.close()
   if scene_done:
     logging.info('%s %s: %d tile positions, %d entirely nodata skipped, %d '
                  'below min_valid_fraction=%g skipped.', s.name, split,
                  stats['positions'], stats['empty'], stats['sparse'],
                  c.min_valid_fraction)
-    if stats['dropped_not_fill'] and finish is not None:
-      finish(count=stats['dropped_not_fill'])
+    if stats['dropped_not_fill']:
+      s.finish(count=stats['dropped_not_fill'])
   if last and split == 'train' and not counts['kept']:
     raise ValueError(
         f'{empty_field}: no train tile has min_valid_fraction='
@@ -487,40 +525,100 @@ def config_name(prefix, params: dict) -> str:
   return f'{prefix}_t{params["tile_size"]}_{digest[:12]}'
 
 
-# ------------------------------------------------------------------- builder
+# ------------------------------------------------------------------ builders
 @dataclasses.dataclass(eq=False, kw_only=True)
-class SceneConfig(tfds.core.BuilderConfig):
-  """One user cube and its tiling; `name` is a digest of all parameters."""
+class TiledConfig(tfds.core.BuilderConfig):
+  """Tiling of scenes; `name` is a digest of every parameter. The values are
+  the `config.data` fields of the same names (no defaults here: config_lib
+  holds them)."""
   name: str = dataclasses.field(default='', init=False)
-  scene: str = ''
-  wavelengths_file: str = ''
-  reflectance_scale: float = 1.0
-  nodata: float = -32768.0
-  tile_size: int = 64
-  tile_overlap: int = 32
-  min_valid_fraction: float = 0.5
-  test_fraction: float = 0.1
-  drop_bands: tuple = ()
-  drop_ranges_nm: tuple = ()
-  stamp: str = ''  # File size and mtime: a changed file is a new build.
+  reflectance_scale: float
+  tile_size: int
+  tile_overlap: int
+  min_valid_fraction: float
+  test_fraction: float
+  # Fields left out of `name` while empty, so builds made before they existed
+  # keep their names.
+  NAMED_IF_SET: ClassVar[tuple[str, ...]] = ()
 
   def __post_init__(self):
     params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-              if f.init and not (f.name in _OPTIONAL and
-                                 not len(getattr(self, f.name)))}
-    self.name = config_name('scene', params)
+              if f.init and not (f.name in self.NAMED_IF_SET
+                                 and not len(getattr(self, f.name)))}
+    self.name = config_name(self.prefix(), params)
+
+  def prefix(self) -> str:
+    """Start of the config name."""
+    raise NotImplementedError
+
+
+class TiledScenes(dataset.DataSet, skip_registration=True):
+  """Scenes cut into tiles (module doc): features `tile_features`, metadata
+  `wavelengths_nm` (`fwhm_nm` if known) and `scenes`, splits train and test.
+  Subclasses give `_scenes` and `_num_bands`."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  NODATA_FIELD = 'config.data.nodata'  # Named when values look like fill.
+  EMPTY_FIELD = None  # Named when no train tile is kept; None: NODATA_FIELD.
+
+  @abc.abstractmethod
+  def _scenes(self, dl_manager) -> list[tuple[str, Callable[[], Reader]]]:
+    """(name, open) of every scene of the build, in order."""
+
+  @abc.abstractmethod
+  def _num_bands(self) -> int:
+    """B of every scene."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=sys.modules[type(self).__module__].__doc__,
+        features=tile_features(self.builder_config.tile_size,
+                               self._num_bands()),
+        metadata=tfds.core.MetadataDict())
+
+  def _shard_iterators_per_split(self, dl_manager):
+    scenes = self._scenes(dl_manager)
+    first = scenes[0][1]()
+    self.info.metadata['wavelengths_nm'] = first.wavelengths_nm.tolist()
+    if first.fwhm_nm is not None:
+      self.info.metadata['fwhm_nm'] = first.fwhm_nm.tolist()
+    first.close()
+    self.info.metadata['scenes'] = [name for name, _ in scenes]
+    opens = [open_fn for _, open_fn in scenes]
+    kw = dict(scale_field='config.data.reflectance_scale',
+              nodata_field=self.NODATA_FIELD, empty_field=self.EMPTY_FIELD)
+    out = {'train': tile_shards(opens, 'train', self.builder_config, **kw)}
+    test = tile_shards(opens, 'test', self.builder_config, **kw)
+    if test:
+      out['test'] = test
+    return out
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class SceneConfig(TiledConfig):
+  """One user cube and its tiling."""
+  scene: str
+  wavelengths_file: str
+  nodata: float
+  drop_bands: tuple  # 0-based file band indices left out.
+  drop_ranges_nm: tuple  # ((lo, hi), ...) nm ranges whose bands are left out.
+  stamp: str  # File size and mtime: a changed file is a new build.
+  NAMED_IF_SET: ClassVar[tuple[str, ...]] = _OPTIONAL
+
+  def __post_init__(self):
+    super().__post_init__()
     self.description = f'Tiles of {self.scene}.'
 
+  def prefix(self):
+    return 'scene'
 
-class SceneBuilder(tfds.core.ShardBasedBuilder):
+
+class SceneBuilder(TiledScenes):
   """TFDS builder of one user cube (`config.data.name = 'own_scene'`)."""
 
   name = 'own_scene'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
   DATA_FIELDS = DATA_FIELDS
-  SPLIT_HINT = 'config.data.test_fraction'
-  code_path = None  # As in benchmark.py (tensorflow/datasets#11212).
 
   @classmethod
   def make_builder_config(cls, data_dir, **params):
@@ -544,29 +642,22 @@ class SceneBuilder(tfds.core.ShardBasedBuilder):
                       wavelengths_file=c.wavelengths_file,
                       drop_bands=c.drop_bands, drop_ranges_nm=c.drop_ranges_nm)
 
-  def _info(self) -> tfds.core.DatasetInfo:
+  def _num_bands(self):
     s = self._open()
-    bands = s.shape[2]
     s.close()
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tile_features(self.builder_config.tile_size, bands),
-        metadata=tfds.core.MetadataDict())
+    return s.shape[2]
 
-  def _shard_iterators_per_split(self, dl_manager):
+  def _scenes(self, dl_manager):
     del dl_manager
     s = self._open()
-    self.info.metadata['wavelengths_nm'] = s.wavelengths_nm.tolist()
-    self.info.metadata['scenes'] = [s.name]
     s.close()
-    kw = dict(scale_field='config.data.reflectance_scale',
-              nodata_field='config.data.nodata')
-    out = {'train': tile_shards([self._open], 'train', self.builder_config,
-                                **kw)}
-    test = tile_shards([self._open], 'test', self.builder_config, **kw)
-    if test:
-      out['test'] = test
+    return [(s.name, self._open)]
+
+  def _shard_iterators_per_split(self, dl_manager):
+    out = super()._shard_iterators_per_split(dl_manager)
     s = self._open()
-    check_bad_bands(s)  # Dead or empty bands, named before any tile is cut.
-    s.close()
+    try:
+      check_bad_bands(s)  # Dead or empty bands, named before any tile is cut.
+    finally:
+      s.close()
     return out

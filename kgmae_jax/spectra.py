@@ -51,9 +51,10 @@ def _package_dir(name: str) -> pathlib.Path:
   return pathlib.Path(list(spec.submodule_search_locations)[0])
 
 
-def _read_envi_header(path: pathlib.Path) -> dict[str, str]:
-  """Parses ``key = value`` and ``key = { ... }`` entries of an ENVI header."""
-  text = path.read_text()
+def read_envi_header(path) -> dict[str, str]:
+  """``key = value`` and ``key = { ... }`` entries of an ENVI header, keys
+  lower case."""
+  text = pathlib.Path(path).read_text()
   entries = re.findall(r'^\s*([^=\n]+?)\s*=\s*(\{[^}]*\}|[^\n]*)', text, re.M)
   return {k.strip().lower(): v.strip().strip('{}').strip() for k, v in entries}
 
@@ -68,7 +69,7 @@ def load_earthlib() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     float for LAT and LON (NaN where empty).
   """
   data = _package_dir('earthlib') / 'data'
-  header = _read_envi_header(data / 'spectra.sli.hdr')
+  header = read_envi_header(data / 'spectra.sli.hdr')
   if header['data type'] != '4' or header['byte order'] != '0':
     raise ValueError(f'Expected little-endian float32 in {data}/spectra.sli.')
   scale = {'micrometers': 1000.0, 'nanometers': 1.0}[
@@ -127,13 +128,19 @@ def _hat_weights(src: np.ndarray, centres: np.ndarray,
   return w
 
 
+def _float64(spectra, src_wavelengths_nm, dst_wavelengths_nm, dst_fwhm_nm):
+  """(n, S) spectra, (S,) source and (D,) target wavelengths, (D,) FWHM."""
+  dst = np.asarray(dst_wavelengths_nm, dtype=np.float64)
+  return (np.atleast_2d(np.asarray(spectra, dtype=np.float64)),
+          np.asarray(src_wavelengths_nm, dtype=np.float64), dst,
+          np.broadcast_to(np.asarray(dst_fwhm_nm, dtype=np.float64), dst.shape))
+
+
 def coverage(spectra, src_wavelengths_nm, dst_wavelengths_nm,
              dst_fwhm_nm) -> np.ndarray:
   """(n, D) bool: a finite source sample lies within +-1 FWHM of each band."""
-  x = np.atleast_2d(np.asarray(spectra, dtype=np.float64))
-  src = np.asarray(src_wavelengths_nm, dtype=np.float64)
-  dst = np.asarray(dst_wavelengths_nm, dtype=np.float64)
-  fwhm = np.broadcast_to(np.asarray(dst_fwhm_nm, dtype=np.float64), dst.shape)
+  x, src, dst, fwhm = _float64(spectra, src_wavelengths_nm,
+                               dst_wavelengths_nm, dst_fwhm_nm)
   near = np.abs(src[None, :] - dst[:, None]) <= fwhm[:, None]  # (D, S)
   return (np.isfinite(x).astype(np.float64) @ near.T) > 0
 
@@ -159,10 +166,8 @@ def resample(spectra, src_wavelengths_nm, dst_wavelengths_nm,
   Raises:
     ValueError: if a target band has no finite source sample within +-1 FWHM.
   """
-  x = np.atleast_2d(np.asarray(spectra, dtype=np.float64))
-  src = np.asarray(src_wavelengths_nm, dtype=np.float64)
-  dst = np.asarray(dst_wavelengths_nm, dtype=np.float64)
-  fwhm = np.broadcast_to(np.asarray(dst_fwhm_nm, dtype=np.float64), dst.shape)
+  x, src, dst, fwhm = _float64(spectra, src_wavelengths_nm,
+                               dst_wavelengths_nm, dst_fwhm_nm)
   if x.shape[-1] != len(src) or np.any(np.diff(src) <= 0):
     raise ValueError('Source wavelengths must be strictly increasing and '
                      f'match the spectra: {len(src)} vs {x.shape[-1]}.')

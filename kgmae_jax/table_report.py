@@ -5,7 +5,6 @@ terms, label-fraction curves)."""
 
 import datetime
 import shutil
-import subprocess
 import sys
 
 import matplotlib
@@ -14,24 +13,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from etils import epath
+from scipy import stats as scipy_stats
 
+from kgmae_jax import plots
 from kgmae_jax import report
 
 # arXiv 2512.12445 (KARMA vs ViT-MAE); the paper's setting differs from ours
 # (real EnMAP scenes, its own heads and label budget), so these are context.
-PAPER = {
-    ("reconstruction", "KARMA", "psnr"): 27.38,
-    ("reconstruction", "ViT-MAE", "psnr"): 24.61,
-    ("reconstruction", "KARMA", "ssim"): 0.68,
-    ("reconstruction", "ViT-MAE", "ssim"): 0.55,
-    ("downstream", "KARMA", "top1"): 66.81,
-    ("downstream", "ViT-MAE", "top1"): 48.26,
-    ("downstream", "KARMA", "miou"): 46.37,
-    ("downstream", "ViT-MAE", "miou"): 34.88,
+_PAPER_KARMA_MAE = {  # (table, metric): (KARMA, ViT-MAE)
+    ("reconstruction", "psnr"): (27.38, 24.61),
+    ("reconstruction", "ssim"): (0.68, 0.55),
+    ("downstream", "top1"): (66.81, 48.26),
+    ("downstream", "miou"): (46.37, 34.88),
     # Cultivated-crops accuracy across regions; our nearest class: vegetation.
-    ("cross_region", "KARMA", "acc_vegetation_B"): 91.59,
-    ("cross_region", "ViT-MAE", "acc_vegetation_B"): 56.70,
+    ("cross_region", "acc_vegetation_B"): (91.59, 56.70),
 }
+PAPER = {(table, model, metric): value
+         for (table, metric), values in _PAPER_KARMA_MAE.items()
+         for model, value in zip(("KARMA", "ViT-MAE"), values)}
 SHOWN = {
     "reconstruction": ("psnr", "ssim", "sam_deg", "rmse", "ergas"),
     "downstream": ("top1", "mean_class_acc", "miou"),
@@ -77,15 +76,24 @@ def markdown_table(name, table):
   return out
 
 
+def ci95(values):
+  """(mean, [lo, hi]) of per-seed values: t-distribution 95 % interval."""
+  v = np.asarray(values, np.float64)
+  mean = float(v.mean())
+  if len(v) < 2:
+    return mean, [mean, mean]
+  half = scipy_stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+  return mean, [mean - half, mean + half]
+
+
 def _paired(tables, table, row_a, row_b, metric):
   """Per-seed difference a - b: (mean, lo, hi) of its 95 % CI, or None."""
-  from kgmae_jax import tables as tables_lib  # pylint: disable=g-import-not-at-top
   try:
     a = tables[table][row_a][metric]["values"]
     b = tables[table][row_b][metric]["values"]
   except KeyError:
     return None
-  mean, (lo, hi) = tables_lib.ci95(np.subtract(a, b))
+  mean, (lo, hi) = ci95(np.subtract(a, b))
   return mean, lo, hi
 
 
@@ -176,9 +184,7 @@ def label_fraction_curves(tables, out_path):
   for ax, metric in zip(axes, ("Top-1 (%)", "mIoU (%)")):
     ax.set(xscale="log", xlabel="labelled train tiles (%)", ylabel=metric)
   axes[1].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=90)
-  plt.close(fig)
+  plots.save(fig, out_path, dpi=90)
 
 
 def write_figures(workdir, records, tables, config):
@@ -208,15 +214,6 @@ def write_figures(workdir, records, tables, config):
   return out
 
 
-def git_revision():
-  try:
-    return subprocess.run(["git", "describe", "--always", "--dirty"],
-                          capture_output=True, text=True, check=True,
-                          timeout=10).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-
-
 def write_markdown(path, tables, figures, config, revisions=()):
   tc = config.tables
   cmd = "python -m kgmae_jax.main " + " ".join(sys.argv[1:])
@@ -227,7 +224,7 @@ def write_markdown(path, tables, figures, config, revisions=()):
       "- git revisions that ran this workdir (resumes and report rewrites "
       "included): "
       + ", ".join(f"`{r}`" for r in revisions)
-      + f"; report written at `{git_revision()}`",
+      + f"; report written at `{report.git_revision()}`",
       f"- written: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
       f"- seeds: {list(tc.seeds)}; every run: {config.train.steps} steps of batch "
       f"{config.train.batch_size}, tiles {config.data.tile_size}x"

@@ -27,14 +27,13 @@ import jax
 import numpy as np
 from absl import logging
 from etils import epath
-from scipy import stats as scipy_stats
 
-from kgmae_jax import checkpoint as ckpt_lib
 from kgmae_jax import data
 from kgmae_jax import downstream
+from kgmae_jax import inference
 from kgmae_jax import metrics as metrics_lib
+from kgmae_jax import model as model_lib
 from kgmae_jax import report
-from kgmae_jax import sharding
 from kgmae_jax import table_report
 from kgmae_jax import train
 from kgmae_jax import unmixing
@@ -42,7 +41,7 @@ from kgmae_jax import unmixing
 
 def runs(m_true):
   """{run name: (row label, config overrides)}; the base config is full KARMA
-  with M = m_true, endmembers learned from a random init."""
+  with M = m_true and the default LSMM branch (pixel head, k-means init)."""
   return {
       "mae": ("ViT-MAE (Huber only)",
               {"lsmm.enabled": False, "loss.sam": 0.0, "loss.lsmm": 0.0}),
@@ -55,7 +54,21 @@ def runs(m_true):
                            {"lsmm.init": "library", "lsmm.learn": False}),
       "em_learned_library": ("endmembers learned from library",
                              {"lsmm.init": "library"}),
+      # What each LSMM change bought (docs/results): the paper's branch as
+      # described, then one change of today's default at a time reverted.
+      "lsmm_paper": ("LSMM as in the paper (token head, random init, softplus)",
+                     PAPER_LSMM),
+      "lsmm_token_head": ("token head (k-means init)",
+                          {"lsmm.head": "token", "lsmm.per_pixel": True}),
+      "lsmm_random_init": ("smooth random init (pixel head)",
+                           {"lsmm.init": "random"}),
   }
+
+
+# The LSMM branch as the paper describes it (configs/karma_enmap.py:paper).
+PAPER_LSMM = {"lsmm.head": "token", "lsmm.per_pixel": True,
+              "lsmm.init": "random", "lsmm.max_reflectance": 0.0,
+              "lsmm.lr_mult": 1.0}
 
 
 # Which downstream evaluations each run gets: all heads x fractions, or the
@@ -78,21 +91,16 @@ def run_config(config, name, seed, m_true):
 
 
 def restore_model(config, workdir, pretrained=True):
-  """(model, params): latest checkpoint of `workdir`, or the init of
-  config.seed (the untrained encoder) with pretrained=False."""
-  stats = data.band_stats(config.data)
-  num_bands = len(data.wavelengths(config.data))
-  mesh = sharding.make_mesh(config.mesh)
-  trainer = train.build_trainer(config, mesh, num_bands, stats["mean"],
-                                stats["std"])
-  if not pretrained:  # Same init key as train_and_evaluate.
-    init_rng = jax.random.split(jax.random.key(config.seed), 3)[0]
-    return trainer.model, trainer.init(init_rng).params
-  ckpt = ckpt_lib.Checkpointer(workdir, config.ckpt.every_steps, config.ckpt.keep)
-  state, _ = ckpt.restore(ckpt.latest_step(), ckpt_lib.abstract_with_shardings(
-      trainer.abstract_state, trainer.state_shardings))
-  ckpt.close()
-  return trainer.model, state.params
+  """(model, params): the latest checkpoint of `workdir`, or with
+  pretrained=False the init of config.seed (the untrained encoder; the same
+  parameters train_and_evaluate starts from with lsmm.init 'random')."""
+  if pretrained:
+    loaded = inference.load(workdir)
+    return loaded.model, loaded.params
+  model = model_lib.build(config.model, config.lsmm,
+                          len(data.wavelengths(config.data)))
+  init_rng = jax.random.split(jax.random.key(config.seed), 3)[0]  # As train.
+  return model, inference.init_params(model, init_rng)
 
 
 def _downstream(config, wd, load, class_names, seed, full):
@@ -201,18 +209,8 @@ def collect(config, workdir):
 
 
 # ---------------------------------------------------------------- aggregation
-def ci95(values):
-  """(mean, [lo, hi]) of per-seed values: t-distribution 95 % interval."""
-  v = np.asarray(values, np.float64)
-  mean = float(v.mean())
-  if len(v) < 2:
-    return mean, [mean, mean]
-  half = scipy_stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-  return mean, [mean - half, mean + half]
-
-
 def _cell(values):
-  mean, (lo, hi) = ci95(values)
+  mean, (lo, hi) = table_report.ci95(values)
   return {"mean": mean, "ci95": [lo, hi], "values": [float(x) for x in values]}
 
 
@@ -279,9 +277,12 @@ def build_tables(records, config):
            "sad_deg_mean": u["sad_deg_mean"]}
     out.update({f"abundance_rmse_{k}": v for k, v in u["abundance_rmse"].items()})
     return out
-  for name, row in (("karma", "KARMA LSMM head (learned from random)"),
-                    ("em_learned_library", "KARMA LSMM head (learned from library)"),
-                    ("em_fixed_library", "KARMA LSMM head (fixed library)")):
+  for name, row in (("karma", "KARMA LSMM head (default: pixel head, learned from k-means init)"),
+                    ("lsmm_paper", "KARMA LSMM as in the paper (token head, learned from random)"),
+                    ("lsmm_token_head", "token head, learned from k-means init"),
+                    ("lsmm_random_init", "pixel head, learned from smooth random init"),
+                    ("em_learned_library", "pixel head, learned from library"),
+                    ("em_fixed_library", "pixel head, fixed library endmembers")):
     t["unmixing"][row] = _row([unmix(r["summary"]["unmixing"])
                                for r in records[name]])
   t["unmixing"]["FCLS, true endmembers (ceiling)"] = _row(
@@ -335,8 +336,8 @@ def run(config, workdir):
   # Every code revision that ran part of this workdir (resumes can mix them).
   rev_path = workdir / "revisions.json"
   revisions = json.loads(rev_path.read_text()) if rev_path.exists() else []
-  if table_report.git_revision() not in revisions:
-    revisions.append(table_report.git_revision())
+  if report.git_revision() not in revisions:
+    revisions.append(report.git_revision())
     report.write_json(rev_path, revisions)
   records = collect(config, workdir)
   tables = build_tables(records, config)

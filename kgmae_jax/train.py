@@ -43,20 +43,27 @@ class TrainState:
 
 
 # ----------------------------------------------------------------- optimiser
+ENDMEMBERS = "endmembers_raw"  # The model's endmember parameter (top level).
+
+
+def _is_endmembers(path):
+  return len(path) == 1 and getattr(path[0], "key", None) == ENDMEMBERS
+
+
 def _decays(path, leaf):
   """AdamW decays weight matrices only: not biases, norms, tokens, spectra."""
-  name = "/".join(str(getattr(k, "key", k)) for k in path)
-  return leaf.ndim >= 2 and "endmembers" not in name
+  return leaf.ndim >= 2 and not _is_endmembers(path)
 
 
 def make_optimizer(optim_cfg, lsmm_cfg, total_steps, max_nonfinite=1):
   """AdamW with linear warm-up + cosine decay and global-norm clipping.
 
-  Returns (tx, schedule). With `lsmm_cfg.learn = False` the endmembers get no
-  update at all (not even weight decay). The whole update is wrapped in
-  `optax.apply_if_finite`: a step whose gradient holds NaN/inf leaves params
-  and moments unchanged (counted in `opt_state.total_notfinite`), up to
-  `max_nonfinite` such steps in a row.
+  Returns (tx, schedule). The endmembers (`params['endmembers_raw']`) follow
+  the same schedule scaled by `lsmm_cfg.lr_mult`, without weight decay; with
+  `lsmm_cfg.learn = False` they get no update at all. The whole update is
+  wrapped in `optax.apply_if_finite`: a step whose gradient holds NaN/inf
+  leaves params and moments unchanged (counted in
+  `opt_state.total_notfinite`), up to `max_nonfinite` such steps in a row.
   """
   warmup = min(optim_cfg.warmup_steps, total_steps - 1)
   schedule = optax.warmup_cosine_decay_schedule(
@@ -66,27 +73,27 @@ def make_optimizer(optim_cfg, lsmm_cfg, total_steps, max_nonfinite=1):
       schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
       weight_decay=optim_cfg.weight_decay,
       mask=lambda p: jax.tree_util.tree_map_with_path(_decays, p))
+  mult = lsmm_cfg.lr_mult
+  if not lsmm_cfg.learn:
+    em_tx = optax.set_to_zero()
+  else:
+    em_tx = optax.adam(lambda step: mult * schedule(step), b1=optim_cfg.b1,
+                       b2=optim_cfg.b2)
+  label = lambda p: jax.tree_util.tree_map_with_path(
+      lambda path, _: "endmembers" if _is_endmembers(path) else "network", p)
+  tx = optax.multi_transform({"network": tx, "endmembers": em_tx}, label)
   if optim_cfg.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), tx)
-  if not lsmm_cfg.learn:
-    label = lambda p: jax.tree_util.tree_map_with_path(
-        lambda path, _: "frozen" if "endmembers" in jax.tree_util.keystr(path)
-        else "train", p)
-    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                               label)
   return optax.apply_if_finite(tx, max_nonfinite), schedule
 
 
 # ------------------------------------------------------------ state and step
-def init_state(rng, *, model, tx, tile_size, endmembers=None):
-  """Fresh TrainState; `endmembers` (B, M) replaces the random init if given."""
+def init_state(rng, *, model, tx, tile_size):
+  """Fresh TrainState (the model owns its init, endmembers included)."""
   n_tok = (tile_size // model.patch_size) ** 2
   ids, _, _ = patching.no_masking(1, n_tok)
   cube = jnp.zeros((1, tile_size, tile_size, model.num_bands), jnp.float32)
   params = model.init(rng, cube, ids, ids)["params"]
-  if endmembers is not None:
-    params = dict(params)
-    params["endmembers_raw"] = model_lib.softplus_inverse(endmembers)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params))
 
@@ -98,7 +105,7 @@ def loss_terms(res, token_mask, *, lsmm, loss_cfg, lsmm_cfg, mean, std):
   kwargs = {}
   if lsmm:
     lsmm_tokens = jnp.ones_like(token_mask) if lsmm_cfg.on_visible else token_mask
-    if lsmm_cfg.per_pixel:
+    if res["mixed"].ndim == 4:  # Per-pixel abundances: A.a explains each pixel.
       kwargs = dict(lsmm_target=res["refl"],
                     lsmm_mask=lsmm_tokens[..., None] * pixel_valid)
     else:  # Per token: A.a explains the patch's mean valid spectrum.
@@ -193,12 +200,11 @@ class Trainer:
 
 def build_trainer(config, mesh, num_bands, mean, std, endmembers=None):
   """Builds the model, optimiser, shardings and the compiled functions."""
-  model = model_lib.build(config.model, config.lsmm, num_bands)
+  model = model_lib.build(config.model, config.lsmm, num_bands, endmembers)
   tx, schedule = make_optimizer(config.optim, config.lsmm, config.train.steps,
                                 max_nonfinite=config.train.max_skipped_in_a_row)
   init = functools.partial(init_state, model=model, tx=tx,
-                           tile_size=config.data.tile_size,
-                           endmembers=endmembers)
+                           tile_size=config.data.tile_size)
   abstract = jax.eval_shape(init, jax.random.key(0))
   state_shardings = sharding.state_sharding(mesh, abstract)
   batch_sharding = sharding.batch_sharding(mesh)
@@ -212,17 +218,40 @@ def build_trainer(config, mesh, num_bands, mean, std, endmembers=None):
                  batch_sharding=batch_sharding, step=step)
 
 
-def _initial_endmembers(config, wavelengths):
-  """(B, M) endmember init for lsmm.init = library | data; None for random."""
+def initial_endmembers(config, wavelengths):
+  """(B, M) endmember init for lsmm.init = kmeans | vca | data | library;
+  None for random (the model's smooth random init).
+
+  The data-driven inits read up to `lsmm.init_pixels` valid training pixels.
+  """
   from kgmae_jax import data, unmixing  # pylint: disable=g-import-not-at-top
   if not config.lsmm.enabled or config.lsmm.init == "random":
     return None
-  m = config.lsmm.num_endmembers
+  m, seed = config.lsmm.num_endmembers, config.seed
   if config.lsmm.init == "library":
-    return unmixing.library_endmembers(wavelengths, m, seed=config.seed)
-  pixels = next(data.eval_batches(config.data, "train", batch_size=64))
-  cube = pixels["cube"][pixels["valid"]]
-  return unmixing.farthest_angle_pixels(cube, m).T
+    return unmixing.library_endmembers(wavelengths, m, seed=seed)
+  pixels = []
+  for batch in data.eval_batches(config.data, "train", batch_size=64):
+    pixels.append(batch["cube"][batch["valid"]])
+    if sum(len(p) for p in pixels) >= 4 * config.lsmm.init_pixels:
+      break
+  pixels = np.concatenate(pixels).astype(np.float64)
+  rng = np.random.default_rng(seed)
+  if len(pixels) > config.lsmm.init_pixels:
+    pixels = pixels[rng.choice(len(pixels), config.lsmm.init_pixels,
+                               replace=False)]
+  if len(pixels) < m:
+    raise ValueError(f"lsmm.init={config.lsmm.init!r} needs at least M={m} "
+                     f"valid training pixels, the data has {len(pixels)}.")
+  if config.lsmm.init == "kmeans":
+    em = unmixing.kmeans_endmembers(pixels, m, seed=seed)
+  elif config.lsmm.init == "vca":
+    em = unmixing.vca(pixels, m, seed=seed)[0]
+  else:  # data
+    em = unmixing.farthest_angle_pixels(pixels, m)
+  logging.info("Endmember init %r from %d training pixels.", config.lsmm.init,
+               len(pixels))
+  return np.asarray(em, np.float32).T
 
 
 def _train_batches(config, per_process, start, batch_sharding):
@@ -350,7 +379,7 @@ def _train_and_evaluate(config, workdir):
   logging.info("Mesh: %s", dict(mesh.shape))
 
   # Data.
-  data.benchmark_builder(config.data)
+  data.prepared_builder(config.data)
   stats = data.band_stats(config.data)
   wavelengths = np.asarray(data.wavelengths(config.data), np.float32)
   num_bands = len(wavelengths)
@@ -369,7 +398,7 @@ def _train_and_evaluate(config, workdir):
   init_rng, step_rng, eval_rng = jax.random.split(rng, 3)
   trainer = build_trainer(
       config, mesh, num_bands, stats["mean"], stats["std"],
-      endmembers=_initial_endmembers(config, wavelengths))
+      endmembers=initial_endmembers(config, wavelengths))
   model, total = trainer.model, config.train.steps
   num_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
   logging.info("Model: %.2fM parameters, %d bands, LSMM %s.", num_params / 1e6,

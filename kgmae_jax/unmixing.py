@@ -12,13 +12,21 @@ from kgmae_jax import enmap
 from kgmae_jax import spectra
 
 
+def _unit(x):
+  x = np.asarray(x, np.float64)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def spectral_angle(a, b):
+  """Angles (radians, float64) between spectra a (..., B) and b (..., B),
+  broadcast: shape (...); NaN in a spectrum gives NaN. (The JAX version,
+  with finite gradients at 0, is `losses.spectral_angle`.)"""
+  return np.arccos(np.clip((_unit(a) * _unit(b)).sum(-1), -1.0, 1.0))
+
+
 def spectral_angle_matrix(a, b):
   """Angles (radians) between rows of a (m, B) and b (k, B): (m, k), float64."""
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-  bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-  return np.arccos(np.clip(an @ bn.T, -1.0, 1.0))
+  return np.arccos(np.clip(_unit(a) @ _unit(b).T, -1.0, 1.0))
 
 
 def match_endmembers(learned, true):
@@ -155,3 +163,121 @@ def vca(pixels, m, seed=0):
     idx[i] = int(np.argmax(np.abs(f @ proj)))
     a[:, i] = proj[:, idx[i]]
   return yp[:, idx].T, idx
+
+
+def _kmeans_pp(unit, m, rng):
+  """k-means++ seeding on angular distance: m row indices of unit (n, B)."""
+  idx = [int(rng.integers(len(unit)))]
+  dist = 1.0 - unit @ unit[idx[0]]
+  for _ in range(m - 1):
+    d = np.clip(dist, 0.0, None)
+    i = int(rng.choice(len(unit), p=d / d.sum())) if d.sum() > 0 else int(
+        rng.integers(len(unit)))
+    idx.append(i)
+    dist = np.minimum(dist, 1.0 - unit @ unit[i])
+  return np.array(idx)
+
+
+def spherical_kmeans(pixels, m, seed=0, iters=50):
+  """Spherical k-means of pixels (n, B): (centres (m, B), labels (n,)).
+
+  Clusters by spectral angle (cosine on unit-norm spectra, k-means++ seeding);
+  a centre is the mean reflectance spectrum of its pixels. An empty cluster
+  is re-seeded with the pixel worst explained by its centre.
+  """
+  x = np.asarray(pixels, np.float64)
+  norm = np.linalg.norm(x, axis=1, keepdims=True)
+  x = x[norm[:, 0] > 0]
+  if x.ndim != 2 or len(x) < m:
+    raise ValueError(f"Need at least {m} non-zero pixels (n, B), got {x.shape}.")
+  unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+  rng = np.random.default_rng(seed)
+  centres = unit[_kmeans_pp(unit, m, rng)]
+  labels = None
+  for _ in range(iters):
+    sim = unit @ centres.T
+    new = np.argmax(sim, axis=1)
+    if labels is not None and np.array_equal(new, labels):
+      break
+    labels = new
+    for k in range(m):
+      members = unit[labels == k]
+      if len(members) == 0:  # Re-seed with the worst-explained pixel.
+        worst = int(np.argmin(sim.max(axis=1)))
+        labels[worst] = k
+        members = unit[worst:worst + 1]
+      c = members.sum(axis=0)
+      centres[k] = c / np.linalg.norm(c)
+  labels = np.argmax(unit @ centres.T, axis=1)
+  means = np.stack([x[labels == k].mean(axis=0) if np.any(labels == k)
+                    else centres[k] for k in range(m)])
+  return means, labels
+
+
+def kmeans_endmembers(pixels, m, seed=0, restarts=8, score_pixels=1024,
+                      purify_frac=0.02, purify_iters=10):
+  """Blind endmembers (m, B): spherical k-means, then purified.
+
+  1. The best of `restarts` spherical k-means runs: cluster means find every
+     material's group of spectra, robust to within-class variability and to
+     outlier pixels. Runs are compared by the 99th percentile of the spectral
+     angle between `score_pixels` pixels and their FCLS reconstruction: a set
+     that misses a material leaves that material's pixels badly explained.
+  2. Cluster means lie inside the data simplex when pixels are mixed, so each
+     is moved out to the mean of the `purify_frac` share of pixels with the
+     largest sum-to-one least-squares abundance of it (`purify`): an average
+     of the purest pixels, not VCA's single extreme pixel.
+  """
+  x = np.asarray(pixels, np.float64)
+  rng = np.random.default_rng(seed)
+  probe = x[rng.choice(len(x), min(len(x), score_pixels), replace=False)]
+  best, best_score = None, np.inf
+  for r in range(restarts):
+    centres, _ = spherical_kmeans(x, m, seed=seed * 1000 + r)
+    recon = fcls(probe, centres) @ centres
+    score = np.percentile(spectral_angles(recon, probe), 99)
+    if score < best_score:
+      best, best_score = centres, score
+  if purify_frac > 0:
+    best = purify(x, best, purify_frac, purify_iters)
+  return best
+
+
+def purify(pixels, endmembers, frac=0.02, iters=10):
+  """Moves endmembers (m, B) towards the purest pixels (n, B): each becomes
+  the mean of the max(10, frac * n) pixels with the largest sum-to-one
+  least-squares abundance of it; repeated `iters` times."""
+  x = np.asarray(pixels, np.float64)
+  e = np.asarray(endmembers, np.float64)
+  n, m = len(x), len(e)
+  top = min(n, max(10, int(frac * n)))
+  for _ in range(iters):
+    weight = 1e3 * np.linalg.norm(e, axis=1).max()  # Enforces sum(a) = 1.
+    aug = np.vstack([e.T, np.full((1, m), weight)])  # (B + 1, m)
+    rhs = np.hstack([x, np.full((n, 1), weight)])  # (n, B + 1)
+    a = np.linalg.lstsq(aug, rhs.T, rcond=None)[0].T  # (n, m)
+    new = np.stack([x[np.argpartition(-a[:, k], top - 1)[:top]].mean(axis=0)
+                    for k in range(m)])
+    if np.allclose(new, e):
+      break
+    e = new
+  return e
+
+
+def spectral_angles(a, b):
+  """Row-wise angles (radians) between a and b, both (n, B): (n,), float64."""
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  num = np.sum(a * b, axis=-1)
+  den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+  return np.arccos(np.clip(num / np.maximum(den, 1e-12), -1.0, 1.0))
+
+
+def smooth_random_spectra(rng, num_bands, m, lo=0.05, hi=0.6, knots=8):
+  """m random spectra (m, B), smooth across bands: values drawn U(lo, hi) at
+  `knots` evenly spaced bands and linearly interpolated between them."""
+  knots = max(2, min(knots, num_bands))
+  at = np.linspace(0, num_bands - 1, knots)
+  values = rng.uniform(lo, hi, (m, knots))
+  grid = np.arange(num_bands)
+  return np.stack([np.interp(grid, at, v) for v in values])

@@ -9,6 +9,8 @@ colour (bands nearest 650/550/470 nm, 2-98 % stretch of the input) of the
 input and of the reconstruction without masking, and the per-pixel spectral
 angle between them. Row 2: spectra at the chosen pixels (default: three valid
 pixels spread over the window). Row 3: abundance maps (LSMM models).
+Reconstruction and abundances are `inference.reconstruct` / `unmix` of the
+window (tiled as predict tiles the whole image).
 """
 
 from absl import app
@@ -17,12 +19,13 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from kgmae_jax import enmap  # pylint: disable=g-import-not-at-top
+from kgmae_jax import inference  # pylint: disable=g-import-not-at-top
 from kgmae_jax import plots  # pylint: disable=g-import-not-at-top
-from kgmae_jax import predict  # pylint: disable=g-import-not-at-top
+from kgmae_jax import scene  # pylint: disable=g-import-not-at-top
+from kgmae_jax import unmixing  # pylint: disable=g-import-not-at-top
 
 _MAX_WINDOW = 256
 
@@ -33,13 +36,6 @@ def _default_pixels(valid, k=3):
     return []
   idx = np.linspace(0, len(ys) - 1, k + 2)[1:-1].astype(int)
   return [(int(ys[i]), int(xs[i])) for i in idx]
-
-
-def _angle_deg(a, b):
-  """Per-pixel spectral angle (degrees) of (H, W, B) arrays; NaN propagates."""
-  cos = (a * b).sum(-1) / np.maximum(
-      np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
-  return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
 def check_window(window, pixels, height, width):
@@ -60,11 +56,9 @@ def check_window(window, pixels, height, width):
 def figure(workdir, input_path, output, *, pixels=None, window=None,
            scale=None, nodata=None, wavelengths='', tile=None):
   """Writes the figure (module doc) to `output`; returns the drawn arrays."""
-  model, params, meta = predict.load_checkpoint(workdir)
-  config = ml_collections.ConfigDict(meta['config'])
-  reader = predict.open_input(input_path, config, scale=scale, nodata=nodata,
-                              wavelengths=wavelengths)
-  predict.check_bands(reader, meta, workdir)
+  loaded = inference.load(workdir)
+  reader = inference.open_image(loaded, input_path, scale=scale, nodata=nodata,
+                                wavelengths=wavelengths)
   h, w, _ = reader.shape
   if window is None:  # A centred crop of at most _MAX_WINDOW pixels.
     wh, ww = min(h, _MAX_WINDOW), min(w, _MAX_WINDOW)
@@ -72,13 +66,13 @@ def figure(workdir, input_path, output, *, pixels=None, window=None,
   check_window(window, pixels, h, w)
   r0, c0, wh, ww = window
   cube, valid = reader.read(r0, c0, wh, ww)
-  recon = predict.predict_array(model, params, meta, reader, 'reconstruction',
-                                tile=tile, window=window)
-  abund = (predict.predict_array(model, params, meta, reader, 'abundances',
-                                 tile=tile, window=window)
-           if model.lsmm else None)
   reader.close()
-  wl = np.asarray(meta['wavelengths_nm'], np.float64)
+  scene.check_reflectance(cube[valid], scale_field='--scale',
+                          nodata_field='--nodata', where=reader.name)
+  recon = inference.reconstruct(loaded, cube, valid, tile=tile)
+  abund = (inference.unmix(loaded, cube, valid, tile=tile)[0]
+           if loaded.model.lsmm else None)
+  wl = loaded.wavelengths_nm
   pixels = pixels or _default_pixels(valid)
   idx = enmap.rgb_band_indices(wl)
   lo_hi = (np.nanpercentile(cube[..., idx], [2, 98]) if valid.any()
@@ -93,18 +87,19 @@ def figure(workdir, input_path, output, *, pixels=None, window=None,
     ax.set_axis_off()
   for j, (img, title) in enumerate(((cube, 'input'),
                                     (recon, 'reconstruction'))):
-    axes[0, j].imshow(np.nan_to_num(plots._rgb(img, idx, lo_hi)))  # pylint: disable=protected-access
+    axes[0, j].imshow(np.nan_to_num(plots.rgb(img, idx, lo_hi)))
     axes[0, j].set_title(f'{title} (false colour)', fontsize=9)
     for k, (y, x) in enumerate(pixels):
       axes[0, j].plot(x, y, 'o', mfc='none', mec=f'C{k}')
-  im = axes[0, 2].imshow(_angle_deg(cube, recon), cmap='magma')
+  im = axes[0, 2].imshow(np.degrees(unmixing.spectral_angle(cube, recon)),
+                         cmap='magma')
   axes[0, 2].set_title('spectral angle (deg)', fontsize=9)
   fig.colorbar(im, ax=axes[0, 2], fraction=0.046)
   for k, (y, x) in enumerate(pixels):
     ax = axes[1, k]
     ax.set_axis_on()
-    ax.plot(*plots._spectrum_xy(wl, cube[y, x]), 'k-', label='input')  # pylint: disable=protected-access
-    ax.plot(*plots._spectrum_xy(wl, recon[y, x]), f'C{k}--',  # pylint: disable=protected-access
+    ax.plot(*plots.spectrum_xy(wl, cube[y, x]), 'k-', label='input')
+    ax.plot(*plots.spectrum_xy(wl, recon[y, x]), f'C{k}--',
             label='reconstruction')
     ax.set(xlabel='wavelength (nm)', ylabel='reflectance',
            title=f'pixel ({r0 + y}, {c0 + x})')
@@ -112,15 +107,15 @@ def figure(workdir, input_path, output, *, pixels=None, window=None,
   for j in range(m):
     axes[2, j].imshow(abund[..., j], vmin=0, vmax=1, cmap='viridis')
     axes[2, j].set_title(f'abundance, endmember {j}', fontsize=9)
-  fig.tight_layout()
-  fig.savefig(output, dpi=100)
-  plt.close(fig)
+  plots.save(fig, output)
   return {'cube': cube, 'valid': valid, 'reconstruction': recon,
           'abundances': abund, 'pixels': pixels}
 
 
 if __name__ == '__main__':
   # The flags are predict.py's; this entry point only defaults --what=figure.
+  # (Imported here only: the module itself does not depend on predict.)
+  from kgmae_jax import predict  # pylint: disable=g-import-not-at-top
   flags.FLAGS.set_default('what', 'figure')
   flags.mark_flags_as_required(['workdir', 'input', 'output'])
   app.run(predict.main)

@@ -117,7 +117,7 @@ def test_build_from_another_generator_is_refused(tmp_path, monkeypatch):
       file_format='array_record',
       download_config=tfds.download.DownloadConfig(
           compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  builder.check_generator()  # Same generator: fine.
+  builder.check_build()  # Same generator: fine.
   real = benchmark.generate_tile
 
   def changed(*args, **kwargs):  # A generator whose noise changed.
@@ -126,7 +126,7 @@ def test_build_from_another_generator_is_refused(tmp_path, monkeypatch):
 
   monkeypatch.setattr(benchmark, 'generate_tile', changed)
   with pytest.raises(ValueError, match='another version of the benchmark generator'):
-    builder.check_generator()
+    builder.check_build()
 
 
 def test_many_shards_keep_tile_order(tiles, tmp_path, monkeypatch):

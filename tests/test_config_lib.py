@@ -35,7 +35,10 @@ def test_every_config_loads_and_validates(path):
     ("model.patch_size", 0, r"config.model.patch_size: must be positive"),
     ("model.width", 30, r"config.model.width: 30 must be a multiple of 4"),
     ("model.dtype", "float16", r"config.model.dtype: one of"),
-    ("lsmm.init", "vca", r"config.lsmm.init: one of"),
+    ("lsmm.init", "nfindr", r"config.lsmm.init: one of"),
+    ("lsmm.head", "patch", r"config.lsmm.head: one of"),
+    ("lsmm.max_reflectance", -1.0, r"config.lsmm.max_reflectance: must be >= 0"),
+    ("lsmm.lr_mult", 0.0, r"config.lsmm.lr_mult: must be > 0"),
     ("train.on_nonfinite", "ignore", r"config.train.on_nonfinite: one of"),
     ("train.steps", 0, r"config.train.steps: must be >= 1"),
     ("optim.lr", 0.0, r"config.optim.lr: must be positive"),
@@ -81,7 +84,12 @@ def test_unknown_field_is_refused():
     config.train.stepz = 3
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem != "paper_tables"],
+# Configs with variants validate their own argument (tested below).
+_WITH_VARIANTS = ("paper_tables", "karma_enmap")
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS
+                                  if p.stem not in _WITH_VARIANTS],
                          ids=lambda p: p.stem)
 def test_config_argument_typo_is_refused(path):
   spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -90,3 +98,36 @@ def test_config_argument_typo_is_refused(path):
   with pytest.raises(ValueError, match=rf"configs/{path.stem}.py takes no "
                      rf"':argument', got 'configs/{path.stem}.py:typo'"):
     module.get_config("typo")
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem in _WITH_VARIANTS],
+                         ids=lambda p: p.stem)
+def test_config_variant_typo_is_refused(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  with pytest.raises(ValueError, match="typo"):
+    module.get_config("typo")
+
+
+def test_saved_config_without_new_fields_keeps_its_meaning():
+  saved = tiny_config.get().to_dict()
+  for key in ("head", "max_reflectance", "lr_mult", "init_pixels"):
+    del saved["lsmm"][key]
+  c = config_lib.from_saved(saved)
+  assert (c.lsmm.head, c.lsmm.max_reflectance, c.lsmm.lr_mult) == ("token", 0.0, 1.0)
+  assert config_lib.from_saved(tiny_config.get().to_dict()).lsmm.head == "pixel"
+
+
+def test_model_presets():
+  # 'paper' is base_config()'s size; 'tiny' is the quickstart's model, whose
+  # numbers the README reports (changing it changes them).
+  base = config_lib.base_config()
+  assert config_lib.model_preset(config_lib.base_config(), "paper").to_dict() == (
+      base.to_dict())
+  c = config_lib.model_preset(config_lib.base_config(), "tiny")
+  assert dict(c.model) == dict(base.model) | dict(
+      patch_size=4, width=64, depth=2, num_heads=4, dec_width=64, dec_depth=1,
+      dec_num_heads=4, mlp_ratio=2.0)
+  with pytest.raises(ValueError, match="Unknown model preset 'huge'"):
+    config_lib.model_preset(c, "huge")

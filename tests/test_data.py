@@ -24,14 +24,14 @@ def cfg(tmp_path_factory):
 
 
 def _train_tiles(cfg):
-  src = data.benchmark_builder(cfg).as_data_source('train')
+  src = data.prepared_builder(cfg).as_data_source('train')
   return np.stack([src[i]['cube'] for i in range(len(src))])  # (n, T, T, B)
 
 
 def test_builder_is_built_once_and_reused(cfg):
-  builder = data.benchmark_builder(cfg)
+  builder = data.prepared_builder(cfg)
   assert builder.is_prepared()
-  assert data.benchmark_builder(_config(cfg.data_dir)) is builder
+  assert data.prepared_builder(_config(cfg.data_dir)) is builder
   assert builder.info.splits['train'].num_examples == 6
 
 
@@ -41,7 +41,7 @@ def test_band_stats_match_numpy(cfg):
   assert stats['mean'].dtype == stats['std'].dtype == np.float32
   np.testing.assert_allclose(stats['mean'], cubes.mean(0), rtol=1e-5)
   np.testing.assert_allclose(stats['std'], cubes.std(0), rtol=1e-4)
-  path = pathlib.Path(data.benchmark_builder(cfg).data_dir) / 'band_stats.json'
+  path = pathlib.Path(data.prepared_builder(cfg).data_dir) / 'band_stats.json'
   assert json.loads(path.read_text())['num_pixels'] == cubes.shape[0]
 
 

@@ -62,7 +62,7 @@ def test_metadata_and_reader_masks(run):
 
 def test_build_splits_metadata_and_stats(run):
   c = run['config'].data
-  builder = data.benchmark_builder(c)
+  builder = data.prepared_builder(c)
   # 2 products x (2 train rows x 3 cols); each top-left tile is 136/256
   # fill (the triangle) and dropped.
   assert builder.info.splits['train'].num_examples == 10
@@ -124,11 +124,11 @@ def test_missing_or_empty_manual_dir_names_the_pattern(tmp_path):
   c = _config(tmp_path / 'nowhere', tmp_path / 'data').data
   with pytest.raises(FileNotFoundError, match=r'config.data.manual_dir.*'
                      r'nowhere.*\*-METADATA.XML.*\*-SPECTRAL_IMAGE.TIF'):
-    data.benchmark_builder(c)
+    data.prepared_builder(c)
   (tmp_path / 'empty').mkdir()
   c.manual_dir = str(tmp_path / 'empty')
   with pytest.raises(FileNotFoundError, match=r'no EnMAP L2A product in .*empty'):
-    data.benchmark_builder(c)
+    data.prepared_builder(c)
 
 
 def test_raw_dn_scale_is_refused_at_build_time(tmp_path):
@@ -137,7 +137,7 @@ def test_raw_dn_scale_is_refused_at_build_time(tmp_path):
   c.tile_size, c.test_fraction = 8, 0.5
   with pytest.raises(ValueError, match=r'config.data.reflectance_scale: '
                      r'median value .* raw digital numbers'):
-    data.benchmark_builder(c)
+    data.prepared_builder(c)
 
 
 def test_predict_refuses_other_band_count(run, tmp_path):

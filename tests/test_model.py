@@ -108,3 +108,43 @@ def test_forward_masks_invalid_pixels_to_zero():
   assert float(res["target"][0, 0, 0].sum()) == 0.0
   assert res["mixed"].shape == (1, 4, 16, 4)
   assert np.isfinite(np.asarray(res["pred"])).all()
+
+
+def test_pixel_head_sees_each_pixel():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
+  _, out, _ = run(tiny(5, abundance_head="pixel"), x)
+  a = out["abundances"]
+  assert a.shape == (2, 4, 16, 3)
+  np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
+  # Pixels of one token get different abundances (the token head cannot).
+  assert float(jnp.std(a, axis=2).mean()) > 1e-4
+  _, out, _ = run(tiny(5), x)
+  assert out["abundances"].shape == (2, 4, 3)
+
+
+def test_endmembers_bounded_and_init_respected():
+  bands = 7
+  em = np.linspace(0.02, 0.98, bands * 3).reshape(bands, 3).astype(np.float32)
+  model = tiny(bands, endmember_init=model_lib.constant_init(em))
+  x = jnp.zeros((1, 8, 8, bands))
+  params, out, _ = run(model, x)
+  np.testing.assert_allclose(out["endmembers"], em, atol=1e-5)
+  big = jax.tree.map(lambda p: p, params)
+  big["endmembers_raw"] = params["endmembers_raw"] + 50.0
+  e = model.apply({"params": big}, method=model.endmembers)
+  assert float(e.max()) <= 1.0 and float(e.min()) >= 0.0
+  unbounded = tiny(bands, max_reflectance=0.0,
+                   endmember_init=model_lib.constant_init(em * 2))
+  _, out, _ = run(unbounded, x)
+  np.testing.assert_allclose(out["endmembers"], em * 2, rtol=1e-4)
+
+
+def test_default_endmember_init_is_smooth():
+  model = tiny(200)
+  x = jnp.zeros((1, 8, 8, 200))
+  _, out, _ = run(model, x)
+  e = np.asarray(out["endmembers"])
+  white = np.random.default_rng(0).uniform(0.05, 0.6, e.shape)
+  rough = lambda v: np.abs(np.diff(v, 2, axis=0)).mean()
+  assert rough(e) < 0.02 * rough(white)
+  assert e.min() >= 0.04 and e.max() <= 0.61

@@ -6,14 +6,16 @@ import json
 import logging
 import pathlib
 import re
+import types
 
-import ml_collections
 import numpy as np
 import pytest
 import rasterio
 from rasterio import transform as rio_transform
 
+from kgmae_jax import config_lib
 from kgmae_jax import data
+from kgmae_jax import inference
 from kgmae_jax import predict
 from kgmae_jax import report
 from kgmae_jax import scene
@@ -124,8 +126,9 @@ def test_readers_agree(files):
 
 
 def test_tile_grid_covers_and_keeps_test_apart():
-  grid = scene.tile_grid(50, 37, 16, 8, 0.3)
-  split = 50 - 15
+  grid = scene.tile_grid(50, 37, 16, 8, 0.4)
+  split = 50 - 20
+  assert sorted({r for r, _ in grid['test']}) == [30, 34]
   assert all(r + 16 <= split for r, _ in grid['train'])
   assert all(r >= split and r + 16 <= 50 for r, _ in grid['test'])
   covered = np.zeros((split, 37), bool)
@@ -134,12 +137,15 @@ def test_tile_grid_covers_and_keeps_test_apart():
   assert covered.all()
   assert sorted({c for _, c in grid['train']}) == [0, 8, 16, 21]
   assert scene.tile_grid(10, 10, 16, 0, 0.0) == {'train': [], 'test': []}
+  # A held-out strip under one tile (15 rows): every row trains, none held out.
+  short = scene.tile_grid(50, 37, 16, 8, 0.3)
+  assert short['test'] == [] and max(r for r, _ in short['train']) == 34
 
 
 def test_pretrain_and_predict_abundances(run, files, tmp_path):
   c = run['config'].data
   assert len(data.wavelengths(c)) == 198 and data.class_names(c) == ()
-  assert data.benchmark_builder(c).info.splits['test'].num_examples == 5
+  assert data.prepared_builder(c).info.splits['test'].num_examples == 5
   out = tmp_path / 'a.tif'
   result = predict.run(run['workdir'], files['root'] / 'cube.tif', out,
                        tile=16, overlap=8)
@@ -167,22 +173,22 @@ def test_implausible_values_name_the_field(files, tmp_path):
   c.data.reflectance_scale = 1.0
   with pytest.raises(ValueError, match=r'config.data.reflectance_scale: '
                      'median value .* raw digital numbers'):
-    data.benchmark_builder(c.data)
+    data.prepared_builder(c.data)
   c.data.reflectance_scale, c.data.nodata = 1e-4, -1.0
   with pytest.raises(ValueError, match=r'config.data.nodata: .* below'):
-    data.benchmark_builder(c.data)
+    data.prepared_builder(c.data)
   np.save(tmp_path / 'empty.npy', np.full((48, 48, 198), NODATA, np.float32))
   c.data.scene, c.data.nodata = str(tmp_path / 'empty.npy'), NODATA
   with pytest.raises(ValueError, match=r'config.data.nodata: no train tile'):
-    data.benchmark_builder(c.data)
-  np.save(tmp_path / 'small.npy', np.full((20, 20, 198), 0.1, np.float32))
+    data.prepared_builder(c.data)
+  np.save(tmp_path / 'small.npy', np.full((12, 12, 198), 0.1, np.float32))
   c.data.scene = str(tmp_path / 'small.npy')
   with pytest.raises(ValueError, match=r'config.data.tile_size: 16 leaves no '
                      'train tile'):
-    data.benchmark_builder(c.data)
+    data.prepared_builder(c.data)
   c.data.scene = str(tmp_path / 'missing.tif')
   with pytest.raises(FileNotFoundError, match=r'config.data.scene'):
-    data.benchmark_builder(c.data)
+    data.prepared_builder(c.data)
   c.data.scene, c.data.wavelengths_file = str(root / 'cube.npy'), ''
   with pytest.raises(ValueError, match=r'config.data.wavelengths_file'):
     scene.open_scene(c.data.scene)
@@ -213,12 +219,20 @@ def test_figure(run, files, tmp_path):
   np.testing.assert_allclose(out['abundances'][v].sum(-1), 1.0, atol=1e-5)
 
 
-def test_too_small_test_fraction_is_named(files, tmp_path):
+def test_too_small_test_fraction_trains_on_every_row(files, tmp_path, caplog):
   root = files['root']
   c = own_scene_config(root / 'cube.npy', root / 'wl.csv', tmp_path)
   c.data.test_fraction = 0.2  # 10 of 48 rows < one 16-pixel tile.
-  with pytest.raises(ValueError, match=r'config.data.test_fraction: 0.2 '):
-    data.benchmark_builder(c.data)
+  caplog.set_level(logging.WARNING)
+  builder = data.benchmark_builder(c.data)
+  assert 'test_fraction: 0.2 of the rows is less than one tile' in caplog.text
+  splits = builder.info.splits
+  assert 'test' not in splits or splits['test'].num_examples == 0
+  full = own_scene_config(root / 'cube.npy', root / 'wl.csv', tmp_path / 'f')
+  full.data.test_fraction = 0.0
+  assert (builder.info.splits['train'].num_examples
+          == data.benchmark_builder(full.data).info.splits['train'].num_examples)
+  assert data.evaluation_split(c.data, 'test') == 'train'
 
 
 def test_entirely_nodata_tiles_are_skipped_and_counted(files, tmp_path, caplog):
@@ -228,11 +242,11 @@ def test_entirely_nodata_tiles_are_skipped_and_counted(files, tmp_path, caplog):
   c = own_scene_config(tmp_path / 'holey.npy', files['root'] / 'wl.csv', tmp_path / 'd')
   c.data.min_valid_fraction = 0.01  # Only entirely empty tiles are dropped.
   caplog.set_level(logging.INFO)
-  builder = data.benchmark_builder(c.data)
+  builder = data.prepared_builder(c.data)
   ref = own_scene_config(files['root'] / 'cube.npy', files['root'] / 'wl.csv',
                          tmp_path / 'r')
   ref.data.min_valid_fraction = 0.01
-  n_ref = data.benchmark_builder(ref.data).info.splits['train'].num_examples
+  n_ref = data.prepared_builder(ref.data).info.splits['train'].num_examples
   assert builder.info.splits['train'].num_examples == n_ref - 1
   assert re.search(r'holey\S* train: \d+ tile positions, 1 entirely nodata skipped',
                    caplog.text)
@@ -240,9 +254,9 @@ def test_entirely_nodata_tiles_are_skipped_and_counted(files, tmp_path, caplog):
 
 def test_existing_build_is_reopened_as_by_a_new_process(run):
   c = run['config'].data
-  n = data.benchmark_builder(c).info.splits['train'].num_examples
+  n = data.prepared_builder(c).info.splits['train'].num_examples
   data._prepared_builder.cache_clear()  # What a rerun (resume, predict) sees.
-  assert data.benchmark_builder(c).info.splits['train'].num_examples == n
+  assert data.prepared_builder(c).info.splits['train'].num_examples == n
 
 
 def test_bad_bands_are_named_and_dropped_by_index_or_range(files, tmp_path):
@@ -253,7 +267,7 @@ def test_bad_bands_are_named_and_dropped_by_index_or_range(files, tmp_path):
   c = own_scene_config(tmp_path / 'bad.npy', files['root'] / 'wl.csv',
                        tmp_path / 'd')
   with pytest.raises(ValueError) as e:
-    data.benchmark_builder(c.data)
+    data.prepared_builder(c.data)
   msg = str(e.value)
   assert msg.startswith('config.data.drop_bands: bad.npy: ')
   assert f'band 5 ({WAVELENGTHS[5]:.1f} nm) is constant (0.1234' in msg
@@ -265,10 +279,12 @@ def test_bad_bands_are_named_and_dropped_by_index_or_range(files, tmp_path):
   np.testing.assert_allclose(wl, np.delete(WAVELENGTHS, [5, 40]), atol=1e-3)
   assert data.band_stats(c.data)['std'].min() > 0
   # predict reads the same bands, by the rule in the checkpoint's config.
-  meta_config = ml_collections.ConfigDict(json.loads(json.dumps(
-      report.jsonable(c.to_dict()))))
-  reader = predict.open_input(tmp_path / 'bad.npy', meta_config,
-                              wavelengths=str(files['root'] / 'wl.csv'))
+  loaded = types.SimpleNamespace(  # What open_image reads of inference.load's.
+      config=config_lib.from_saved(json.loads(json.dumps(
+          report.jsonable(c.to_dict())))),
+      model=types.SimpleNamespace(num_bands=196), workdir=str(tmp_path))
+  reader = inference.open_image(loaded, tmp_path / 'bad.npy',
+                                wavelengths=str(files['root'] / 'wl.csv'))
   assert reader.shape == (SIZE, SIZE, 196)
   tile, valid = reader.read(0, 0, 16, 16)
   assert valid[:4].all() and np.isfinite(tile[valid]).all()

@@ -144,7 +144,7 @@ def test_device_resident_batches_equal_grain_batches(data_cfg):
 
 
 def test_device_resident_rows_follow_grain_process_split(data_cfg):
-  src = data.benchmark_builder(data_cfg).as_data_source("train")
+  src = data.prepared_builder(data_cfg).as_data_source("train")
   tiles = np.stack([data.prepare(src[i], keys=())["cube"] for i in range(len(src))])
   idx = device_data.batch_indices(len(src), 4, seed=1, process_count=2)
   per_process = [data.train_iterator(data_cfg, 2, seed=1, process_index=p,

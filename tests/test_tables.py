@@ -8,6 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from kgmae_jax import table_report
 from kgmae_jax import tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -85,13 +86,28 @@ def test_tables_end_to_end_and_resume(tmp_path):
 def test_ci95_is_the_t_interval():
   from scipy import stats
   values = [1.0, 2.5, 1.7, 3.1]
-  mean, (lo, hi) = tables.ci95(values)
+  mean, (lo, hi) = table_report.ci95(values)
   ref = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
                          scale=stats.sem(values))
   np.testing.assert_allclose([mean, lo, hi], [np.mean(values), *ref], rtol=1e-12)
-  assert tables.ci95([2.0]) == (2.0, [2.0, 2.0])
+  assert table_report.ci95([2.0]) == (2.0, [2.0, 2.0])
 
 
 def test_rows_leave_out_metrics_undefined_in_a_seed():
   row = tables._row([{"a": 1.0, "b": float("nan")}, {"a": 3.0, "b": 2.0}])
   assert set(row) == {"a"} and row["a"]["values"] == [1.0, 3.0]
+
+
+def test_untrained_encoder_is_the_trainers_init(tmp_path):
+  """restore_model(pretrained=False) builds no trainer yet gives exactly the
+  parameters training starts from (lsmm.init 'random')."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from kgmae_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  config = _tiny_config(tmp_path)
+  model, params = tables.restore_model(config, tmp_path, pretrained=False)
+  mesh = sharding.make_mesh(config.mesh)
+  b = model.num_bands
+  trainer = train.build_trainer(config, mesh, b, np.zeros(b), np.ones(b))
+  init_rng = jax.random.split(jax.random.key(config.seed), 3)[0]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params),
+               jax.device_get(trainer.init(init_rng).params))

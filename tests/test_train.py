@@ -72,7 +72,7 @@ def test_fixed_endmembers_do_not_move():
                             jax.random.key(1))
   after = jax.device_get(state.params)
   np.testing.assert_array_equal(before["endmembers_raw"], after["endmembers_raw"])
-  np.testing.assert_allclose(jax.nn.softplus(after["endmembers_raw"]), em0, rtol=1e-4)
+  np.testing.assert_allclose(jax.nn.sigmoid(after["endmembers_raw"]), em0, rtol=1e-4)
   assert not np.allclose(before["pixel_head"]["kernel"], after["pixel_head"]["kernel"])
 
 
@@ -118,3 +118,46 @@ def test_nan_at_invalid_pixels_never_reaches_loss_or_params():
   assert m["skipped_steps"] == 0
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
   assert m["valid_frac"] < 1.0
+
+
+def _unmixing_rmse(head, steps=120):
+  """Abundance RMSE after training on noiseless 3-material mixtures whose
+  abundances change from pixel to pixel, with the true endmembers fixed."""
+  from kgmae_jax import model as model_lib, patching  # pylint: disable=g-import-not-at-top
+  config = tiny_config.get(per_pixel=True)
+  config.lsmm.head = head
+  config.lsmm.learn = False
+  config.train.steps = steps
+  config.optim.warmup_steps = 10
+  config.optim.lr = 1e-2
+  rng = np.random.default_rng(0)
+  em = rng.uniform(0.05, 0.6, (3, BANDS))
+  mean, std = np.full(BANDS, 0.3, np.float32), np.full(BANDS, 0.15, np.float32)
+  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+  trainer = train.build_trainer(config, mesh, BANDS, mean, std,
+                                endmembers=em.T.astype(np.float32))
+
+  def mixtures(seed, n=8):
+    a = np.random.default_rng(seed).dirichlet(np.ones(3), (n, 8, 8))
+    return (a @ em).astype(np.float32), a
+
+  state = trainer.init(jax.random.key(0))
+  for s in range(steps):
+    cube, _ = mixtures(s)
+    batch = {"cube": cube, "valid": np.ones(cube.shape[:3], bool)}
+    state, _ = trainer.step(state, sharding.put_batch(batch, trainer.batch_sharding),
+                            jax.random.key(1))
+  cube, a = mixtures(10_000)
+  ids, _, _ = patching.no_masking(len(cube), 4)
+  res = model_lib.forward(trainer.model, state.params, cube, np.ones(cube.shape[:3], bool),
+                          ids, ids, mean, std)
+  true = np.asarray(patching.patchify(a, 4)).reshape(len(cube), 4, 16, 3)
+  return float(np.sqrt(np.mean((np.asarray(res["abundances"]) - true) ** 2)))
+
+
+def test_pixel_head_recovers_abundances_with_true_endmembers():
+  pixel = _unmixing_rmse("pixel")
+  token = _unmixing_rmse("token")  # The paper's head: an MLP on decoder tokens.
+  # Measured: pixel 0.039, token 0.237.
+  assert pixel < 0.06, pixel
+  assert pixel < 0.3 * token, (pixel, token)
