@@ -131,7 +131,8 @@ def config_diff(saved, new, defaults=None):
   """['  field: checkpoint X vs now Y'] over run-changing fields; [] if same.
 
   All are plain dicts (JSON round trip of `config.to_dict()`). A field the
-  checkpoint's code did not have yet counts as its default (`defaults`);
+  checkpoint's code did not have yet counts as its default (`defaults`;
+  check_resume_config first gives it its legacy value, config_lib.from_saved);
   a field the current code no longer has is ignored."""
   a, b, d = _flat(saved), _flat(new), _flat(defaults or {})
   lines = []
@@ -154,14 +155,17 @@ def check_resume_config(config, saved, saved_step, where):
     saved_step: the checkpoint's step.
     where: the checkpoint directory, for the message.
   """
+  from kgmae_jax import config_lib  # pylint: disable=g-import-not-at-top
   new = json.loads(json.dumps(report.jsonable(config.to_dict())))
-  saved = json.loads(json.dumps(saved))
+  # Fields the checkpoint predates: first their legacy values (what the saved
+  # run meant, config_lib.from_saved), then today's defaults for the rest.
+  saved = json.loads(json.dumps(report.jsonable(
+      config_lib.from_saved(saved).to_dict())))
   if config.train.steps < saved_step:
     raise ConfigChangeError(
         f"config.train.steps={config.train.steps} is below the step of the "
         f"checkpoint in {where} ({saved_step}); set train.steps >= "
         f"{saved_step} or use another --workdir.")
-  from kgmae_jax import config_lib  # pylint: disable=g-import-not-at-top
   defaults = json.loads(json.dumps(report.jsonable(
       config_lib.base_config().to_dict())))
   diff = config_diff(saved, new, defaults)

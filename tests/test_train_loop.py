@@ -271,6 +271,23 @@ def test_resume_check_fields_override_and_data(reference):
     workdir_lib.check_resume_data(other, meta, config)
 
 
+def test_resume_check_reads_the_saved_config_as_from_saved():
+  """A checkpoint from before the LSMM fields meant the token head and
+  softplus endmembers (config_lib.from_saved), not today's defaults."""
+  config = config_for("/tmp/unused")
+  saved = json.loads(json.dumps(report.jsonable(config.to_dict())))
+  for key in ("head", "max_reflectance", "lr_mult", "init_pixels"):
+    del saved["lsmm"][key]
+  with pytest.raises(workdir_lib.ConfigChangeError) as e:
+    workdir_lib.check_resume_config(config, saved, 4, "ckpt")
+  assert "lsmm.head: checkpoint 'token' vs now 'pixel'" in str(e.value)
+  assert "lsmm.max_reflectance: checkpoint 0.0 vs now 1.0" in str(e.value)
+  assert "lsmm.init_pixels" not in str(e.value)  # Its legacy value is today's.
+  config.lsmm.head, config.lsmm.max_reflectance = "token", 0.0
+  config.lsmm.lr_mult = 1.0
+  workdir_lib.check_resume_config(config, saved, 4, "ckpt")  # The same run.
+
+
 def test_failed_async_save_stops_the_run_naming_step_path_and_cause(
     data_dir, tmp_path, monkeypatch):
   real = async_checkpointer._background_wait_for_commit_futures
