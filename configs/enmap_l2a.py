@@ -13,7 +13,7 @@ from kgmae_jax import config_lib
 
 
 def get_config(arg=None):
-  del arg
+  config_lib.no_argument(arg, "configs/enmap_l2a.py")
   c = config_lib.base_config()
   c.data.name = "enmap_l2a"
   c.data.tile_size = 224  # 14 x 14 patches of 16 px.

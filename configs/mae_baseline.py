@@ -13,7 +13,7 @@ from kgmae_jax import config_lib
 
 
 def get_config(arg=None):
-  del arg
+  config_lib.no_argument(arg, "configs/mae_baseline.py")
   c = config_lib.base_config()
   c.lsmm.enabled = False
   c.loss.sam = 0.0

@@ -26,7 +26,7 @@ from kgmae_jax import config_lib
 
 
 def get_config(arg=None):
-  del arg
+  config_lib.no_argument(arg, "configs/own_scene.py")
   c = config_lib.base_config()
   c.data.name = "own_scene"
   c.data.scene = ""  # Set on the command line: --config.data.scene=...

@@ -14,7 +14,7 @@ from kgmae_jax import config_lib
 
 
 def get_config(arg=None):
-  del arg
+  config_lib.no_argument(arg, "configs/quickstart.py")
   c = config_lib.base_config()
   c.data.tile_size = 32
   c.data.num_train = 256

@@ -27,6 +27,10 @@ class ShapeMismatchError(ValueError):
   """The checkpoint's parameter tree differs from the model's."""
 
 
+class CheckpointSaveError(OSError):
+  """An (asynchronous) checkpoint save failed, e.g. on a full disk."""
+
+
 def absolute(path):
   """`path` as an absolute epath (orbax needs one); URLs (gs://) unchanged."""
   path = str(path)
@@ -59,6 +63,8 @@ class Checkpointer:
     self.directory = self.workdir / "checkpoints"
     self.every_steps = every_steps
     self._keep = keep
+    self._saving = None  # Step of the last save started.
+    self._unchecked = False  # Its outcome not yet checked.
     self._create = create  # False: for readers; a missing folder stays missing.
     self.manager = self._manager()
 
@@ -85,8 +91,38 @@ class Checkpointer:
         step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         force=True)
+    self._saving, self._unchecked = step, True
     logging.info("Saving checkpoint at step %d to %s", step, self.directory)
     return True
+
+  def preempted(self, step):
+    """True on every process at the same step once any process of a
+    multi-process run got SIGTERM (orbax's `reached_preemption`, JAX's
+    preemption sync point); call it at every step. False with one process,
+    whose own signal handler decides (train._StopRequests)."""
+    return jax.process_count() > 1 and self.manager.reached_preemption(step)
+
+  def _save_failed(self, error, now):
+    kept = [s for s in self.manager.all_steps() if s != self._saving]
+    prev = (f"the previous checkpoint (step {max(kept)}) is intact"
+            if kept else "there is no earlier checkpoint")
+    return CheckpointSaveError(
+        f"Saving the checkpoint of step {self._saving} to "
+        f"{self.directory / str(self._saving)} failed: {type(error).__name__}: "
+        f"{error}. The run stopped{now}; {prev}. Fix the cause (e.g. free disk "
+        "space) and rerun the same command to resume.")
+
+  def raise_if_save_failed(self, step):
+    """Raises CheckpointSaveError (naming step, path and cause) once the
+    last background save has failed; never waits for a save in progress."""
+    if not self._unchecked or self.manager.is_saving_in_progress():
+      return
+    self._unchecked = False
+    try:  # The save is over: this returns at once, or raises its error.
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(e, f" at step {step}") from e
 
   def restore(self, step, abstract_state):
     """(state, meta) at `step`, arrays placed as `abstract_state`'s shardings.
@@ -163,9 +199,36 @@ class Checkpointer:
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
   def close(self):
-    """Waits for pending writes, then releases the manager."""
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for pending writes, then releases the manager; raises
+    CheckpointSaveError if one of them failed."""
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(e, "") from e
+    finally:
+      self.manager.close()
+
+
+def newest_meta(workdir):
+  """(step, meta) of the newest checkpoint in `workdir` whose JSON meta
+  reads, or None; creates nothing (for checks before a run writes)."""
+  directory = absolute(workdir) / "checkpoints"
+  if not directory.exists():
+    return None
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(create=False),
+      item_handlers={"meta": ocp.JsonCheckpointHandler()})
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        return step, manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta
+      except Exception:  # pylint: disable=broad-except
+        continue  # Damaged: restore_latest reports and sets it aside.
+    return None
+  finally:
+    manager.close()
 
 
 def abstract_with_shardings(abstract_tree, shardings):

@@ -32,6 +32,8 @@ def base_config():
   c.data.wavelengths_file = ""  # own_scene: band centres, one per line; '' -> from the file.
   c.data.reflectance_scale = 0.0  # reflectance = value * scale; 0: L2A gains / 1 for own_scene.
   c.data.nodata = -32768.0  # own_scene: raw value of missing pixels (NaN always is).
+  c.data.drop_bands = ()  # own_scene: 0-based file band indices left out (dead or empty detectors).
+  c.data.drop_ranges_nm = ()  # own_scene: ((lo, hi), ...) nm ranges whose bands are left out.
   c.data.tile_overlap = 0  # Pixels shared by neighbouring tiles (enmap_l2a, own_scene).
   c.data.min_valid_fraction = 0.5  # Tiles with fewer valid pixels are dropped.
   c.data.test_fraction = 0.1  # Bottom share of each scene's rows held out as 'test'.
@@ -87,6 +89,7 @@ def base_config():
   c.train.on_nonfinite = "error"  # NaN/inf loss: 'error' stops, 'skip' drops the update.
   c.train.max_skipped_in_a_row = 10  # With 'skip': consecutive bad steps before giving up.
   c.train.grad_accum_steps = 1  # Microbatches per step (lax.scan); grads averaged.
+  c.train.allow_config_change = False  # Resume even if model/data/optim/schedule fields differ from the checkpoint's.
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the batch axis; -1: all left after fsdp.
@@ -105,6 +108,16 @@ def base_config():
   return c
 
 
+def no_argument(arg, path):
+  """Refuses `--config path:arg` for configs that take no argument (a typo
+  after ':' must not be ignored)."""
+  if arg not in (None, ""):
+    raise ValueError(
+        f"{path} takes no ':argument', got '{path}:{arg}'; drop ':{arg}' "
+        "(configs/paper_tables.py takes :small, :full or :tiny; "
+        "configs/karma_enmap.py takes :paper).")
+
+
 # Fields added after a release, with the value that reproduces what a saved
 # config without them meant (checkpoints written before the field existed).
 _LEGACY = {
@@ -112,6 +125,9 @@ _LEGACY = {
     "lsmm.max_reflectance": 0.0,  # Softplus endmembers.
     "lsmm.lr_mult": 1.0,
     "lsmm.init_pixels": 8192,
+    "data.drop_bands": (),  # Every band of the file was used.
+    "data.drop_ranges_nm": (),
+    "train.allow_config_change": False,
 }
 
 
@@ -175,6 +191,8 @@ def validate(c, num_devices=None, num_bands=None):
        f"must be in [0, 1), got {d.test_fraction}.")
   need(d.reflectance_scale >= 0, "data.reflectance_scale",
        f"must be >= 0 (0: automatic), got {d.reflectance_scale}.")
+  need(d.name == "own_scene" or not (d.drop_bands or d.drop_ranges_nm),
+       "data.drop_bands", f"only own_scene builds drop bands, not {d.name!r}.")
   need(d.name != "own_scene" or d.scene, "data.scene",
        "own_scene needs the path of a cube (.tif, ENVI .hdr or .npy).")
   t, p = c.data.tile_size, m.patch_size

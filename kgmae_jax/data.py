@@ -19,6 +19,7 @@ TensorFlow.
 """
 
 import functools
+import hashlib
 import json
 import os
 import pathlib
@@ -59,27 +60,49 @@ def _key(data_cfg) -> tuple:
   return data_cfg.name, os.path.expanduser(data_dir), params
 
 
+def _build_lock(name: str, data_dir: str, params: tuple):
+  """Held while one process builds (or computes statistics of) a data set:
+  concurrent first runs on one data_dir wait instead of colliding in TFDS's
+  rename of the ``incomplete`` folder."""
+  from kgmae_jax import workdir  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256(repr(params).encode()).hexdigest()[:16]
+  return workdir.file_lock(
+      os.path.join(data_dir, '.kgmae_build_locks', f'{name}-{digest}.lock'),
+      f'the build of {name} in {data_dir}', wait=True)
+
+
 @functools.lru_cache(maxsize=None)
 def _prepared_builder(key: tuple) -> dataset.DataSet:
   name, data_dir, params = key
   cls = BUILDERS[name]
-  builder = cls(config=cls.make_builder_config(data_dir, **dict(params)),
-                data_dir=data_dir, file_format='array_record')
+
+  def make():
+    return cls(config=cls.make_builder_config(data_dir, **dict(params)),
+               data_dir=data_dir, file_format='array_record')
+
+  builder = make()
   if not builder.is_prepared():
-    c = builder.builder_config
-    logging.info('Building %s/%s (tiles of %dx%d) into %s.', name, c.name,
-                 c.tile_size, c.tile_size, builder.data_dir)
-    start = time.perf_counter()
-    builder.download_and_prepare(
-        file_format='array_record',
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=builder.manual_download_dir(),
-            compute_stats=tfds.download.ComputeStatsMode.SKIP))
-    logging.info('Built %s/%s in %.1f s.', name, c.name,
-                 time.perf_counter() - start)
-  else:
-    builder.check_build()  # Never train on a stale build.
+    with _build_lock(*key):
+      builder = make()  # Another process may have built it meanwhile.
+      if not builder.is_prepared():
+        _build(builder, name)
+        return builder
+  builder.check_build()  # Never train on a stale build.
   return builder
+
+
+def _build(builder: dataset.DataSet, name: str) -> None:
+  c = builder.builder_config
+  logging.info('Building %s/%s (tiles of %dx%d) into %s.', name, c.name,
+               c.tile_size, c.tile_size, builder.data_dir)
+  start = time.perf_counter()
+  builder.download_and_prepare(
+      file_format='array_record',
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=builder.manual_download_dir(),
+          compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  logging.info('Built %s/%s in %.1f s.', name, c.name,
+               time.perf_counter() - start)
 
 
 def prepared_builder(data_cfg) -> dataset.DataSet:
@@ -154,24 +177,30 @@ def _band_stats(key: tuple) -> dict[str, np.ndarray]:
   builder = _prepared_builder(key)
   path = pathlib.Path(builder.data_dir) / _STATS_FILE
   if not path.exists():
-    src = builder.as_data_source('train')
-    total = total_sq = count = 0.0
-    for i in range(len(src)):
-      tile = prepare(src[i], keys=())
-      pixels = tile['cube'][tile['valid']].astype(np.float64)  # (P, B)
-      total = total + pixels.sum(0)
-      total_sq = total_sq + (pixels**2).sum(0)
-      count += len(pixels)
-    if not count:
-      raise ValueError(f'No valid pixels in the train split of {key}.')
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    tmp = path.with_suffix('.tmp')
-    tmp.write_text(json.dumps({'mean': mean.tolist(), 'std': std.tolist(),
-                               'num_pixels': int(count)}))
-    tmp.replace(path)  # Atomic: readers never see half a file.
+    with _build_lock(*key):
+      if not path.exists():
+        _write_band_stats(builder, path, key)
   stats = json.loads(path.read_text())
   return {k: np.asarray(stats[k], np.float32) for k in ('mean', 'std')}
+
+
+def _write_band_stats(builder, path, key) -> None:
+  src = builder.as_data_source('train')
+  total = total_sq = count = 0.0
+  for i in range(len(src)):
+    tile = prepare(src[i], keys=())
+    pixels = tile['cube'][tile['valid']].astype(np.float64)  # (P, B)
+    total = total + pixels.sum(0)
+    total_sq = total_sq + (pixels**2).sum(0)
+    count += len(pixels)
+  if not count:
+    raise ValueError(f'No valid pixels in the train split of {key}.')
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+  tmp = path.with_suffix('.tmp')
+  tmp.write_text(json.dumps({'mean': mean.tolist(), 'std': std.tolist(),
+                             'num_pixels': int(count)}))
+  tmp.replace(path)  # Atomic: readers never see half a file.
 
 
 def train_iterator(data_cfg, batch_size: int, *, seed: int, start_step: int = 0,

@@ -161,8 +161,9 @@ class L2AProduct(scene.Reader):
                         layer)
     self._dropped_not_fill = 0
 
-  def read(self, row, col, height, width):
-    """(cube (h, w, 218) reflectance, NaN where invalid; valid (h, w))."""
+  def read_values(self, row, col, height, width):
+    """(h, w, 218) reflectance; a pixel with any fill value or a quality flag
+    set is NaN in every band (the product's validity is per pixel)."""
     raw = scene.read_window(self._src, row, col, height, width, FILL)
     self._dropped_not_fill += int((raw[_DROPPED] != FILL).sum())
     raw = np.moveaxis(raw[_KEPT], 0, -1)  # (h, w, 218) int16
@@ -172,7 +173,7 @@ class L2AProduct(scene.Reader):
       valid &= ~(flags != 0).any(0)
     cube = raw.astype(np.float32) * self._gain + self._offset
     cube[~valid] = np.nan
-    return cube, valid
+    return cube
 
   def finish(self, warn=True, count=None):
     """Values of the water-vapour bands that were not fill in the windows

@@ -296,10 +296,12 @@ def open_image(loaded, path, *, scale=None, nodata=None, wavelengths=''):
   """A reader of a GeoTIFF, ENVI `.hdr`, `.npy` (with `wavelengths`, a file
   of band centres) or EnMAP L2A product, scaled and masked as the model's
   training data (`config.data.reflectance_scale`, `nodata`, unless given).
+  A file (not an L2A product) gives the bands the model was trained on: those
+  left after `config.data.drop_bands` / `drop_ranges_nm`.
 
-  The reader has `shape` (H, W, B), `read(row, col, h, w)` -> (cube, valid),
-  `name`, `crs`, `transform` and `close()` (see scene.py). Raises ValueError
-  naming both shapes when B is not the model's band count.
+  The reader is a `scene.Reader`: `shape` (H, W, B), `read(row, col, h, w)`
+  -> (cube, valid), `name`, `crs`, `transform` and `close()`. Raises
+  ValueError naming both shapes when B is not the model's band count.
   """
   from kgmae_jax import enmap_l2a  # pylint: disable=g-import-not-at-top
   from kgmae_jax import scene  # pylint: disable=g-import-not-at-top
@@ -310,7 +312,9 @@ def open_image(loaded, path, *, scale=None, nodata=None, wavelengths=''):
   else:
     reader = scene.open_scene(path, scale=scale or 1.0,
                               nodata=d.nodata if nodata is None else nodata,
-                              wavelengths_file=wavelengths)
+                              wavelengths_file=wavelengths,
+                              drop_bands=d.drop_bands,
+                              drop_ranges_nm=d.drop_ranges_nm)
   h, w, b = reader.shape
   want, t = loaded.model.num_bands, d.tile_size
   if b != want:

@@ -22,6 +22,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from kgmae_jax import config_lib
+from kgmae_jax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -34,6 +35,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config_lib.validate(_CONFIG.value)  # Fail fast, before any import or build.
+  workdir_lib.check_supported(_WORKDIR.value)  # Local or mounted paths only.
   if os.environ.get("KGMAE_DISTRIBUTED") == "1":
     jax.distributed.initialize()
   from kgmae_jax import sharding, train  # pylint: disable=g-import-not-at-top

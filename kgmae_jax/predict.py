@@ -21,6 +21,7 @@ input pixels are NaN (the GeoTIFF nodata) in the output.
   figure          a PNG, see `kgmae_jax/visualize.py` (--pixels, --window).
 """
 
+import os
 import pathlib
 
 from absl import app
@@ -144,15 +145,52 @@ _WINDOW = flags.DEFINE_string('window', '', 'figure: row,col,height,width '
                               '(default: centred, at most 256 px).')
 
 
+def check_paths(workdir, input_path, output):
+  """Before anything is loaded or computed: `workdir` is a training workdir
+  (nothing is created in it), `output` is not the input (or one of its files)
+  and its folder exists and is writable."""
+  ckpts = pathlib.Path(workdir) / 'checkpoints'
+  if not ckpts.is_dir():
+    raise ValueError(f'--workdir {workdir}: no checkpoints/ folder there; give '
+                     'the --workdir of a training run.')
+  inp, out = pathlib.Path(input_path), pathlib.Path(output)
+  inputs = {inp, inp.with_suffix('.hdr')}
+  if inp.suffix.lower() == '.hdr':  # ENVI: the data file next to the header.
+    inputs |= {inp.with_suffix(e) for e in scene_lib._ENVI_DATA_EXTS}  # pylint: disable=protected-access
+  if out.resolve() in {p.resolve() for p in inputs}:
+    raise ValueError(f'--output {output} is the input file {input_path} (or '
+                     'part of it): it would be overwritten; write elsewhere.')
+  folder = out.resolve().parent
+  if not folder.is_dir():
+    raise ValueError(f'--output {output}: folder {folder} does not exist; '
+                     'create it first.')
+  if not os.access(folder, os.W_OK):
+    raise ValueError(f'--output {output}: folder {folder} is not writable.')
+
+
+def _ints(text, flag, count=None):
+  """'a,b;c,d' -> [(a, b), (c, d)] of non-negative ints, else UsageError."""
+  try:
+    out = [tuple(int(v) for v in p.split(',')) for p in text.split(';')
+           if p.strip()]
+  except ValueError:
+    out = None
+  if out is None or any(len(t) != (count or 2) or min(t) < 0 for t in out):
+    raise app.UsageError(
+        f'{flag}={text!r}: expected non-negative integers '
+        f'{"row,col,height,width" if count == 4 else "row,col;row,col;..."}.')
+  return out
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  check_paths(_WORKDIR.value, _INPUT.value, _OUTPUT.value)
   if _WHAT.value == 'figure':
     from kgmae_jax import visualize  # pylint: disable=g-import-not-at-top
-    pixels = [tuple(int(v) for v in p.split(',')) for p in
-              _PIXELS.value.split(';') if p.strip()]
-    window = (tuple(int(v) for v in _WINDOW.value.split(','))
-              if _WINDOW.value else None)
+    pixels = _ints(_PIXELS.value, '--pixels')
+    window = (_ints(_WINDOW.value, '--window', 4)[0] if _WINDOW.value
+              else None)
     visualize.figure(_WORKDIR.value, _INPUT.value, _OUTPUT.value,
                      pixels=pixels or None, window=window, scale=_SCALE.value,
                      nodata=_NODATA.value, wavelengths=_WAVELENGTHS.value,

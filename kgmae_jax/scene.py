@@ -8,7 +8,14 @@ reflectance units:
   * `.npy` (H, W, B), memory-mapped, with a wavelengths file;
   * an EnMAP L2A product (`enmap_l2a.L2AProduct`).
 A pixel is invalid where any band is non-finite or equals the nodata value
-(`config.data.nodata` or the file's own nodata tag).
+(`config.data.nodata` or the file's own nodata tag). Readers implement
+`read_values` (every band of the file, NaN per missing value); `Reader.read`
+gives whole pixels of the kept bands.
+
+Bad bands: `select_bands` leaves out `config.data.drop_bands` (0-based file
+indices) and `drop_ranges_nm` (nm ranges), for training and for predict
+(`inference.open_image`); the own-scene build first names every kept band
+with no valid value or zero variance (`check_bad_bands`).
 
 Tiling (`tile_grid`): the bottom `test_fraction` of each scene's rows is the
 `test` split, the rest `train`; tiles of `tile_size` step by
@@ -34,7 +41,7 @@ import os
 import pathlib
 import re
 import sys
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 from absl import logging
 import numpy as np
@@ -49,7 +56,8 @@ _ENVI_DATA_EXTS = ('', '.img', '.dat', '.raw', '.bsq', '.bil', '.bip', '.bin')
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # Pixel coordinates, no georeference.
 DATA_FIELDS = ('scene', 'wavelengths_file', 'reflectance_scale', 'nodata',
                'tile_size', 'tile_overlap', 'min_valid_fraction',
-               'test_fraction')
+               'test_fraction', 'drop_bands', 'drop_ranges_nm')
+_OPTIONAL = ('drop_bands', 'drop_ranges_nm')  # Left out of names when empty.
 
 
 # --------------------------------------------------------------- wavelengths
@@ -108,18 +116,34 @@ def _invalid_to_nan(cube, valid):
 
 
 class Reader(abc.ABC):
-  """Windowed access to one cube in reflectance units."""
+  """Windowed access to one cube in reflectance units.
+
+  Subclasses give `read_values`; `read` (whole pixels) is built on it. After
+  `select_bands`, `shape`, `wavelengths_nm` and `fwhm_nm` describe the kept
+  bands only and `keep` holds their indices in the file.
+  """
   name: str  # For messages: the file or product name.
   shape: tuple[int, int, int]  # (H, W, B).
   wavelengths_nm: np.ndarray  # (B,) band centres.
   fwhm_nm: Optional[np.ndarray] = None  # (B,) band widths, if known.
   crs: str = ''  # WKT; '' when unknown.
   transform: tuple = IDENTITY  # 6 affine coefficients a, b, c, d, e, f.
+  keep: Optional[np.ndarray] = None  # File band indices read; None: all.
 
   @abc.abstractmethod
+  def read_values(self, row, col, height, width):
+    """(h, w, B_file) float32 reflectance of every band of the file (before
+    `keep`), NaN for each value that is missing (non-finite, nodata, flagged,
+    outside the image)."""
+
   def read(self, row, col, height, width):
-    """(cube (h, w, B) float32 reflectance, NaN at invalid pixels; valid
-    (h, w) bool). Windows may extend past the image (padding is invalid)."""
+    """(cube (h, w, B) float32 reflectance of the kept bands, NaN at invalid
+    pixels; valid (h, w) bool: every kept band has a value). Windows may
+    extend past the image (padding is invalid)."""
+    cube = self.read_values(row, col, height, width)
+    if self.keep is not None:
+      cube = cube[..., self.keep]
+    return _invalid_to_nan(cube, np.isfinite(cube).all(-1))
 
   def finish(self, warn=True, count=None) -> int:
     """After the reads of a build: how many values the reads dropped that
@@ -130,6 +154,76 @@ class Reader(abc.ABC):
 
   def close(self):
     pass
+
+
+# ------------------------------------------------------------------ bad bands
+def kept_bands(wavelengths_nm, drop_bands=(), drop_ranges_nm=()):
+  """Indices of the bands left after `data.drop_bands` (0-based indices) and
+  `data.drop_ranges_nm` ((lo, hi) nm, inclusive)."""
+  wl = np.asarray(wavelengths_nm, np.float64)
+  drop = np.zeros(len(wl), bool)
+  for i in drop_bands:
+    if not 0 <= int(i) < len(wl):
+      raise ValueError(f'config.data.drop_bands: band {i} does not exist; the '
+                       f'scene has bands 0..{len(wl) - 1}.')
+    drop[int(i)] = True
+  for r in drop_ranges_nm:
+    if len(r) != 2 or not r[0] <= r[1]:
+      raise ValueError(f'config.data.drop_ranges_nm: {r!r} is not a (lo, hi) '
+                       'pair with lo <= hi, in nm.')
+    drop |= (wl >= r[0]) & (wl <= r[1])
+  if drop.all():
+    raise ValueError('config.data.drop_bands / drop_ranges_nm drop every band.')
+  return np.flatnonzero(~drop)
+
+
+def select_bands(reader: Reader, drop_bands=(), drop_ranges_nm=()) -> Reader:
+  """Makes `reader` return only the kept bands (shape, wavelengths, fwhm,
+  read)."""
+  if not len(drop_bands) and not len(drop_ranges_nm):
+    return reader
+  keep = kept_bands(reader.wavelengths_nm, drop_bands, drop_ranges_nm)
+  reader.keep = keep
+  reader.shape = tuple(reader.shape[:2]) + (len(keep),)
+  reader.wavelengths_nm = reader.wavelengths_nm[keep]
+  if reader.fwhm_nm is not None:
+    reader.fwhm_nm = reader.fwhm_nm[keep]
+  return reader
+
+
+def check_bad_bands(reader: Reader, rows=64):
+  """Raises ValueError naming (file index and wavelength) every kept band
+  with no valid value or zero variance; reads the scene once, in strips."""
+  h, w, _ = reader.shape
+  keep = reader.keep
+  count = lo = hi = None
+  for r in range(0, h, rows):
+    v = reader.read_values(r, 0, min(rows, h - r), w)
+    v = (v if keep is None else v[..., keep]).reshape(-1, len(reader.wavelengths_nm))
+    finite = np.isfinite(v)
+    n = finite.sum(0)
+    vmin = np.where(finite, v, np.inf).min(0)
+    vmax = np.where(finite, v, -np.inf).max(0)
+    count = n if count is None else count + n
+    lo = vmin if lo is None else np.minimum(lo, vmin)
+    hi = vmax if hi is None else np.maximum(hi, vmax)
+  if not count.any():
+    return  # No value at all: the nodata check names config.data.nodata.
+  index = keep if keep is not None else np.arange(len(count))
+  wl = reader.wavelengths_nm
+  bad = []
+  for j in np.flatnonzero((count == 0) | (lo == hi)):
+    what = ('has no valid value (NaN or nodata everywhere)' if count[j] == 0
+            else f'is constant ({lo[j]:.6g} everywhere: std 0, a dead detector?)')
+    bad.append((int(index[j]), f'band {index[j]} ({wl[j]:.1f} nm) {what}'))
+  if bad:
+    more = f'; and {len(bad) - 8} more' if len(bad) > 8 else ''
+    raise ValueError(
+        f'config.data.drop_bands: {reader.name}: ' +
+        '; '.join(m for _, m in bad[:8]) + more + '. Such bands cannot be standardised; drop them with '
+        f'--config.data.drop_bands="{tuple(i for i, _ in bad)}" (0-based file '
+        'band indices) or a wavelength range in config.data.drop_ranges_nm, '
+        'e.g. "((1340, 1460),)".')
 
 
 class RasterScene(Reader):
@@ -179,21 +273,25 @@ class RasterScene(Reader):
         f'config.data.wavelengths_file: {self.name} carries no band '
         'wavelengths; give a text file with one centre (nm) per band.')
 
-  def read(self, row, col, height, width):
-    """(cube (h, w, B) reflectance, NaN where invalid; valid (h, w))."""
+  def read_values(self, row, col, height, width):
+    """(h, w, B) reflectance of every band of the file, NaN for each value
+    that is missing (non-finite, nodata, outside the image)."""
     is_float = self._src.dtypes[0].startswith('float')
     raw = read_window(self._src, row, col, height, width,
                       np.nan if is_float else 0)  # (B, h, w)
     inside = np.zeros((height, width), bool)
     r0, c0 = max(row, 0), max(col, 0)
-    r1, c1 = min(row + height, self.shape[0]), min(col + width, self.shape[1])
+    r1, c1 = min(row + height, self._src.height), min(col + width,
+                                                     self._src.width)
     inside[r0 - row:max(r1 - row, 0), c0 - col:max(c1 - col, 0)] = True
     raw = np.moveaxis(raw, 0, -1)
-    valid = inside & np.isfinite(raw).all(-1)
+    ok = inside[..., None] & np.isfinite(raw)
     for v in self.nodata:
-      valid &= ~(raw == v).any(-1)
-    return _invalid_to_nan(raw.astype(np.float32) * np.float32(self.scale),
-                           valid)
+      ok &= raw != v
+    out = raw.astype(np.float32) * np.float32(self.scale)
+    out[~ok] = np.nan
+    return out
+
 
   def close(self):
     self._src.close()
@@ -214,25 +312,35 @@ class NpyScene(Reader):
     self.nodata = [] if nodata is None else [nodata]
     self.wavelengths_nm = np.asarray(wavelengths_nm, np.float64)
     if len(self.wavelengths_nm) != self.shape[2]:
+      hint = ('; the array looks channel-first (B, H, W): save it as (H, W, '
+              'B), e.g. np.save(path, np.moveaxis(cube, 0, -1))'
+              if len(self.wavelengths_nm) == self.shape[0] else '')
       raise ValueError(
           f'config.data.wavelengths_file: {len(self.wavelengths_nm)} '
-          f'wavelengths for the {self.shape[2]} bands of {path}.')
+          f'wavelengths for the {self.shape[2]} bands of {path} (shape '
+          f'{self.shape}, read as (H, W, B)){hint}.')
 
-  def read(self, row, col, height, width):
-    h, w, b = self.shape
+  def read_values(self, row, col, height, width):
+    """As RasterScene.read_values."""
+    h, w, b = self._arr.shape
     raw = np.full((height, width, b), np.nan, np.float32)
     r0, c0 = max(row, 0), max(col, 0)
     r1, c1 = min(row + height, h), min(col + width, w)
     if r1 > r0 and c1 > c0:
       raw[r0 - row:r1 - row, c0 - col:c1 - col] = self._arr[r0:r1, c0:c1]
-    valid = np.isfinite(raw).all(-1)
+    ok = np.isfinite(raw)
     for v in self.nodata:
-      valid &= ~(raw == v).any(-1)
-    return _invalid_to_nan(raw * np.float32(self.scale), valid)
+      ok &= raw != v
+    out = raw * np.float32(self.scale)
+    out[~ok] = np.nan
+    return out
 
 
-def open_scene(path, *, scale=1.0, nodata=None, wavelengths_file=''):
-  """The reader for `path` by its extension (.npy, .hdr/ENVI, else rasterio)."""
+
+def open_scene(path, *, scale=1.0, nodata=None, wavelengths_file='',
+               drop_bands=(), drop_ranges_nm=()):
+  """The reader for `path` by its extension (.npy, .hdr/ENVI, else rasterio),
+  reading only the bands kept by `drop_bands` / `drop_ranges_nm`."""
   path = pathlib.Path(os.path.expanduser(str(path)))
   if not path.exists():
     raise FileNotFoundError(f'config.data.scene: {path} does not exist.')
@@ -241,8 +349,10 @@ def open_scene(path, *, scale=1.0, nodata=None, wavelengths_file=''):
     if w is None:
       raise ValueError(f'config.data.wavelengths_file: {path.name} is a .npy '
                        'cube; give its band centres, one per line.')
-    return NpyScene(path, wavelengths_nm=w, scale=scale, nodata=nodata)
-  return RasterScene(path, scale=scale, nodata=nodata, wavelengths_nm=w)
+    reader = NpyScene(path, wavelengths_nm=w, scale=scale, nodata=nodata)
+  else:
+    reader = RasterScene(path, scale=scale, nodata=nodata, wavelengths_nm=w)
+  return select_bands(reader, drop_bands, drop_ranges_nm)
 
 
 # ----------------------------------------------------- checks, tiling, tiles
@@ -427,10 +537,14 @@ class TiledConfig(tfds.core.BuilderConfig):
   tile_overlap: int
   min_valid_fraction: float
   test_fraction: float
+  # Fields left out of `name` while empty, so builds made before they existed
+  # keep their names.
+  NAMED_IF_SET: ClassVar[tuple[str, ...]] = ()
 
   def __post_init__(self):
     params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-              if f.init}
+              if f.init and not (f.name in self.NAMED_IF_SET
+                                 and not len(getattr(self, f.name)))}
     self.name = config_name(self.prefix(), params)
 
   def prefix(self) -> str:
@@ -487,7 +601,10 @@ class SceneConfig(TiledConfig):
   scene: str
   wavelengths_file: str
   nodata: float
+  drop_bands: tuple  # 0-based file band indices left out.
+  drop_ranges_nm: tuple  # ((lo, hi), ...) nm ranges whose bands are left out.
   stamp: str  # File size and mtime: a changed file is a new build.
+  NAMED_IF_SET: ClassVar[tuple[str, ...]] = _OPTIONAL
 
   def __post_init__(self):
     super().__post_init__()
@@ -513,14 +630,17 @@ class SceneBuilder(TiledScenes):
           'GeoTIFF (.tif), an ENVI header (.hdr) or a .npy (H, W, B) cube.')
     st = path.stat()
     scale = params['reflectance_scale'] or 1.0
+    drops = {k: tuple(tuple(x) if isinstance(x, (list, tuple)) else int(x)
+                      for x in params.get(k) or ()) for k in _OPTIONAL}
     return SceneConfig(**dict(params, scene=str(path.resolve()),
-                              reflectance_scale=scale),
+                              reflectance_scale=scale, **drops),
                        stamp=f'{st.st_size}_{st.st_mtime_ns}')
 
   def _open(self):
     c = self.builder_config
     return open_scene(c.scene, scale=c.reflectance_scale, nodata=c.nodata,
-                      wavelengths_file=c.wavelengths_file)
+                      wavelengths_file=c.wavelengths_file,
+                      drop_bands=c.drop_bands, drop_ranges_nm=c.drop_ranges_nm)
 
   def _num_bands(self):
     s = self._open()
@@ -532,3 +652,12 @@ class SceneBuilder(TiledScenes):
     s = self._open()
     s.close()
     return [(s.name, self._open)]
+
+  def _shard_iterators_per_split(self, dl_manager):
+    out = super()._shard_iterators_per_split(dl_manager)
+    s = self._open()
+    try:
+      check_bad_bands(s)  # Dead or empty bands, named before any tile is cut.
+    finally:
+      s.close()
+    return out

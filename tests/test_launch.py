@@ -4,9 +4,10 @@ import os
 import pathlib
 import shlex
 import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ARGS = ["--config", "configs/karma_enmap.py", "--workdir", "gs://b/runs/k",
+ARGS = ["--config", "configs/karma_enmap.py", "--workdir", "/mnt/shared/runs/k",
         "--config.train.steps=10"]
 
 
@@ -53,3 +54,20 @@ def test_slurm_dry_run_sets_coordinator_and_runs_srun():
   assert srun[-len(ARGS):] == ARGS
   env = dry_run("slurm.sbatch", *ARGS, JAX_PORT="1234")
   assert "JAX_COORDINATOR_ADDRESS=node0:1234" in env[0]
+
+
+def test_object_store_workdirs_are_refused_by_launcher_and_run(tmp_path):
+  for args in (["--workdir", "gs://b/runs/k"], ["--workdir=gs://b/runs/k"]):
+    out = subprocess.run(["bash", str(ROOT / "launch" / "tpu_pod.sh"),
+                          "--config", "configs/karma_enmap.py", *args],
+                         env=os.environ | {"DRY_RUN": "1"}, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "not an object-store URL" in out.stderr
+    assert "gcloud" not in out.stdout
+  main = subprocess.run(
+      [sys.executable, "-m", "kgmae_jax.main", "--config", "tests/tiny_config.py",
+       "--workdir=gs://b/runs/k", f"--config.data.data_dir={tmp_path / 'd'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert main.returncode != 0
+  assert "--workdir gs://b/runs/k: object-store URLs are not supported" in main.stderr
+  assert not (tmp_path / "d").exists()  # Refused before anything is built.

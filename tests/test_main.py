@@ -93,3 +93,44 @@ def test_sigterm_then_kill9_then_resume_matches_uninterrupted(tmp_path):
                test_train_loop.final_params(workdir, None)[1],
                test_train_loop.final_params(ref_dir, None)[1])
   assert test_train_loop.log_rows(workdir) == test_train_loop.log_rows(ref_dir)
+
+
+def test_sigterm_to_one_of_two_processes_makes_both_save_the_same_step(tmp_path):
+  """Two CPU processes joined by jax.distributed.initialize on localhost
+  (as on a pod): SIGTERM reaches process 1 only; both agree (orbax's
+  reached_preemption) on one step, save it together and exit 128 + SIGTERM."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  workdir = tmp_path / "run"
+  runner = ("import sys, jax\n"
+            f"jax.distributed.initialize('localhost:{port}', 2, int(sys.argv[1]))\n"
+            "from absl import app\nfrom kgmae_jax import main\n"
+            "sys.argv = ['main'] + sys.argv[2:]\napp.run(main.main)\n")
+  env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+                      "JAX_PLATFORMS": "cpu"}
+  args = command(workdir, tmp_path / "data", "--config.train.steps=100000",
+                 "--config.ckpt.every_steps=100000", "--config.train.log_every=1")[3:]
+  procs = [subprocess.Popen([sys.executable, "-c", runner, str(i), *args], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  try:
+    deadline = time.monotonic() + 300
+    while not test_train_loop.log_rows(workdir):  # Both processes are training.
+      assert time.monotonic() < deadline, "no metrics row"
+      for p in procs:
+        assert p.poll() is None, p.communicate()[1][-3000:]
+      time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, err in zip(procs, errs):
+    assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+  steps = [int(p.name) for p in (workdir / "checkpoints").iterdir()]
+  assert len(steps) == 1, steps
+  for err in errs:
+    assert f"Stopped by SIGTERM at step {steps[0]} after saving" in err

@@ -2,17 +2,22 @@
 pretraining with configs/own_scene.py and abundance maps from predict."""
 
 import importlib.util
+import json
 import logging
 import pathlib
 import re
+import types
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio import transform as rio_transform
 
+from kgmae_jax import config_lib
 from kgmae_jax import data
+from kgmae_jax import inference
 from kgmae_jax import predict
+from kgmae_jax import report
 from kgmae_jax import scene
 from kgmae_jax import train
 from kgmae_jax import unmixing
@@ -252,3 +257,62 @@ def test_existing_build_is_reopened_as_by_a_new_process(run):
   n = data.prepared_builder(c).info.splits['train'].num_examples
   data._prepared_builder.cache_clear()  # What a rerun (resume, predict) sees.
   assert data.prepared_builder(c).info.splits['train'].num_examples == n
+
+
+def test_bad_bands_are_named_and_dropped_by_index_or_range(files, tmp_path):
+  cube = np.load(files['root'] / 'cube.npy')
+  cube[..., 5] = 1234.0  # A dead detector: constant.
+  cube[..., 40] = np.nan  # A band with no valid value.
+  np.save(tmp_path / 'bad.npy', cube)
+  c = own_scene_config(tmp_path / 'bad.npy', files['root'] / 'wl.csv',
+                       tmp_path / 'd')
+  with pytest.raises(ValueError) as e:
+    data.prepared_builder(c.data)
+  msg = str(e.value)
+  assert msg.startswith('config.data.drop_bands: bad.npy: ')
+  assert f'band 5 ({WAVELENGTHS[5]:.1f} nm) is constant (0.1234' in msg
+  assert f'band 40 ({WAVELENGTHS[40]:.1f} nm) has no valid value' in msg
+  assert 'drop_bands="(5, 40)"' in msg
+  c.data.drop_bands = (5,)
+  c.data.drop_ranges_nm = ((WAVELENGTHS[40] - 1, WAVELENGTHS[40] + 1),)
+  wl = data.wavelengths(c.data)
+  np.testing.assert_allclose(wl, np.delete(WAVELENGTHS, [5, 40]), atol=1e-3)
+  assert data.band_stats(c.data)['std'].min() > 0
+  # predict reads the same bands, by the rule in the checkpoint's config.
+  loaded = types.SimpleNamespace(  # What open_image reads of inference.load's.
+      config=config_lib.from_saved(json.loads(json.dumps(
+          report.jsonable(c.to_dict())))),
+      model=types.SimpleNamespace(num_bands=196), workdir=str(tmp_path))
+  reader = inference.open_image(loaded, tmp_path / 'bad.npy',
+                                wavelengths=str(files['root'] / 'wl.csv'))
+  assert reader.shape == (SIZE, SIZE, 196)
+  tile, valid = reader.read(0, 0, 16, 16)
+  assert valid[:4].all() and np.isfinite(tile[valid]).all()
+  with pytest.raises(ValueError, match=r'config.data.drop_bands: band 500 '):
+    scene.open_scene(tmp_path / 'bad.npy', drop_bands=(500,),
+                     wavelengths_file=files['root'] / 'wl.csv')
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(pixels=[(100, 100)]), r'--pixels \(100, 100\) is outside the window '
+     r'of 48 x 48 pixels'),
+    (dict(pixels=[(-5, -5)]), r'--pixels \(-5, -5\) is outside'),
+    (dict(window=(60, 0, 10, 10)), r'--window 60,0,10,10 .* not inside the 48 '
+     r'x 48 image'),
+    (dict(window=(40, 40, 16, 16)), r'--window 40,40,16,16'),
+])
+def test_figure_arguments_outside_the_image_are_refused(run, files, tmp_path,
+                                                        kwargs, message):
+  from kgmae_jax import visualize  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=message):
+    visualize.figure(run['workdir'], files['root'] / 'cube.tif',
+                     tmp_path / 'fig.png', tile=16, **kwargs)
+  assert not (tmp_path / 'fig.png').exists()
+
+
+def test_channel_first_npy_gets_a_hint(files, tmp_path):
+  np.save(tmp_path / 'bhw.npy', np.moveaxis(files['cube'][:, :40], -1, 0))
+  with pytest.raises(ValueError, match=r'198 wavelengths for the 40 bands .* '
+                     r'channel-first \(B, H, W\)'):
+    scene.open_scene(tmp_path / 'bhw.npy',
+                     wavelengths_file=files['root'] / 'wl.csv')

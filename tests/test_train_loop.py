@@ -1,18 +1,28 @@
 """train_and_evaluate end to end on a tiny build: outputs, exact resume,
 corrupt checkpoints, shape mismatches, NaN guard."""
 
+import dataclasses
+import errno
 import json
+import os
+import pathlib
+import re
 import shutil
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.checkpointers import async_checkpointer
 import pytest
 
 from kgmae_jax import checkpoint as ckpt_lib
 from kgmae_jax import data
 from kgmae_jax import report
 from kgmae_jax import train
+from kgmae_jax import workdir as workdir_lib
 from tests import tiny_config
 
 
@@ -110,6 +120,7 @@ def test_checkpoint_of_another_model_shape_lists_parameters(reference, tmp_path)
   config = config_for(reference[1].data.data_dir)
   config.model.width = 48
   config.lsmm.num_endmembers = 4
+  config.train.allow_config_change = True  # Past the config check.
   with pytest.raises(ckpt_lib.ShapeMismatchError) as e:
     train.train_and_evaluate(config, str(workdir))
   msg = str(e.value)
@@ -163,3 +174,163 @@ def test_too_many_nonfinite_steps_in_a_row_stop_skip_mode(data_dir, tmp_path, mo
   with pytest.raises(FloatingPointError, match=r"between steps 3 and 4: huber"):
     train.train_and_evaluate(config, str(tmp_path))
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == []
+
+
+# ------------------------------------------- one run per workdir (issue 13)
+@pytest.fixture
+def no_eval(monkeypatch):
+  """Skips the final evaluation and figures (tests of the loop only)."""
+  from kgmae_jax import evaluate, plots  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: {"metrics": {}})
+  monkeypatch.setattr(plots, "write_all", lambda *a, **k: None)
+
+
+def test_second_writer_is_refused_and_a_killed_holder_does_not_block(reference, tmp_path, no_eval):
+  ref_dir, config, _ = reference
+  workdir = crashed_copy(reference, tmp_path, "deleted")
+  record = (workdir / "config.json").read_bytes()
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from kgmae_jax import workdir\n"
+       "with workdir.lock(sys.argv[1]):\n  print('held', flush=True)\n"
+       "  time.sleep(600)", str(workdir)], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(workdir_lib.WorkdirLocked,
+                       match=rf"in use by process {holder.pid} on host"):
+      train.train_and_evaluate(config, str(workdir))
+    assert (workdir / "config.json").read_bytes() == record
+  finally:
+    holder.kill()  # kill -9: the lock file stays behind, the flock does not.
+    holder.wait()
+  assert (workdir / workdir_lib.LOCK_FILE).exists()
+  train.train_and_evaluate(config, str(workdir))
+  same_tree(final_params(workdir, config)[1], final_params(ref_dir, config)[1])
+
+
+def test_concurrent_first_builds_of_one_data_dir_both_succeed(tmp_path):
+  """Two processes building the same data set at once: one builds, the
+  other waits for it (TFDS alone: FileExistsError on the rename)."""
+  go = tmp_path / "go"
+  code = ("import os, sys, time\n"
+          "from kgmae_jax import data\nfrom tests import tiny_config\n"
+          "c = tiny_config.get_config().data\nc.data_dir = sys.argv[1]\n"
+          "c.num_train, c.num_test, c.num_test_b = 8, 0, 0\n"
+          "while not os.path.exists(sys.argv[2]): time.sleep(0.01)\n"
+          "data.band_stats(c)\nprint('ok')\n")
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "d"),
+                             str(go)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            cwd=pathlib.Path(__file__).parents[1])
+           for _ in range(2)]
+  go.touch()
+  for p in procs:
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0 and out.strip().endswith("ok"), err[-2000:]
+
+
+def test_resume_with_another_config_is_refused_with_a_diff(reference, tmp_path):
+  workdir = crashed_copy(reference, tmp_path, "deleted")  # At step 4.
+  record = (workdir / "config.json").read_bytes()
+  config = config_for(reference[1].data.data_dir)
+  config.optim.lr = 5e-2
+  config.train.steps = 30
+  with pytest.raises(workdir_lib.ConfigChangeError) as e:
+    train.train_and_evaluate(config, str(workdir))
+  assert "optim.lr: checkpoint 0.003 vs now 0.05" in str(e.value)
+  assert "train.steps: checkpoint 8 vs now 30" in str(e.value)
+  assert "train.allow_config_change=True" in str(e.value)
+  config = config_for(reference[1].data.data_dir)
+  config.train.steps = 2
+  with pytest.raises(workdir_lib.ConfigChangeError,
+                     match=r"train.steps=2 is below the step .*\(4\)"):
+    train.train_and_evaluate(config, str(workdir))
+  assert (workdir / "config.json").read_bytes() == record
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [4]
+
+
+def test_resume_check_fields_override_and_data(reference):
+  _, config, _ = reference
+  saved = json.loads(json.dumps(report.jsonable(config.to_dict())))
+  changed = config_for(config.data.data_dir)
+  changed.ckpt.every_steps = 7  # Bookkeeping: no diff.
+  changed.evals.num_tiles = 2
+  workdir_lib.check_resume_config(changed, saved, 4, "ckpt")
+  older = json.loads(json.dumps(saved))  # Made before a field existed.
+  del older["data"]["drop_bands"], older["train"]["allow_config_change"]
+  workdir_lib.check_resume_config(changed, older, 4, "ckpt")
+  changed.data.scene = "/other/cube.tif"  # Another scene: refused...
+  with pytest.raises(workdir_lib.ConfigChangeError, match="data.scene"):
+    workdir_lib.check_resume_config(changed, saved, 4, "ckpt")
+  changed.train.allow_config_change = True  # ...unless asked for.
+  workdir_lib.check_resume_config(changed, saved, 4, "ckpt")
+  meta = {"wavelengths_nm": [400.0, 500.0], "band_mean": [0.1, 0.2],
+          "band_std": [0.01, 0.02]}
+  other = dict(meta, band_mean=[0.1, 0.3])  # Same bands, other statistics.
+  with pytest.raises(workdir_lib.ConfigChangeError,
+                     match=r"band_mean: differs in 1 bands \(first: band 1"):
+    workdir_lib.check_resume_data(other, meta, config)
+
+
+def test_resume_check_reads_the_saved_config_as_from_saved():
+  """A checkpoint from before the LSMM fields meant the token head and
+  softplus endmembers (config_lib.from_saved), not today's defaults."""
+  config = config_for("/tmp/unused")
+  saved = json.loads(json.dumps(report.jsonable(config.to_dict())))
+  for key in ("head", "max_reflectance", "lr_mult", "init_pixels"):
+    del saved["lsmm"][key]
+  with pytest.raises(workdir_lib.ConfigChangeError) as e:
+    workdir_lib.check_resume_config(config, saved, 4, "ckpt")
+  assert "lsmm.head: checkpoint 'token' vs now 'pixel'" in str(e.value)
+  assert "lsmm.max_reflectance: checkpoint 0.0 vs now 1.0" in str(e.value)
+  assert "lsmm.init_pixels" not in str(e.value)  # Its legacy value is today's.
+  config.lsmm.head, config.lsmm.max_reflectance = "token", 0.0
+  config.lsmm.lr_mult = 1.0
+  workdir_lib.check_resume_config(config, saved, 4, "ckpt")  # The same run.
+
+
+def test_failed_async_save_stops_the_run_naming_step_path_and_cause(
+    data_dir, tmp_path, monkeypatch):
+  real = async_checkpointer._background_wait_for_commit_futures
+
+  def disk_full(directory, *args, **kwargs):
+    if re.search(r"checkpoints/4\b", str(directory)):
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real(directory, *args, **kwargs)
+
+  monkeypatch.setattr(async_checkpointer, "_background_wait_for_commit_futures",
+                      disk_full)
+  config = config_for(data_dir)
+  config.ckpt.every_steps = 2
+  with pytest.raises(ckpt_lib.CheckpointSaveError,
+                     match=r"checkpoint of step 4 to .*checkpoints/4 failed: "
+                     r"OSError: .*No space left on device.*stopped at step "
+                     r"(5|6).*previous checkpoint \(step 2\) is intact"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert max(r["step"] for r in log_rows(tmp_path)) <= 6
+  assert ckpt_lib.Checkpointer(tmp_path, 2, 2).manager.all_steps() == [2]
+
+
+def test_first_row_after_a_resume_equals_the_uninterrupted_row(reference, tmp_path, monkeypatch, no_eval):
+  """Preempted at step 3 (between log rows at 2 and 4), then resumed: the
+  row of step 4 averages steps 3 and 4, as in the uninterrupted run."""
+  ref_dir, config, _ = reference
+  real = train.build_trainer
+
+  def sigterm_during_step_3(*args, **kwargs):
+    trainer = real(*args, **kwargs)
+    calls = []
+
+    def step(state, batch, rng):
+      calls.append(1)
+      if len(calls) == 3:  # A fresh run: the third call is step 3.
+        os.kill(os.getpid(), signal.SIGTERM)
+      return trainer.step(state, batch, rng)
+
+    return dataclasses.replace(trainer, step=step)
+
+  monkeypatch.setattr(train, "build_trainer", sigterm_during_step_3)
+  with pytest.raises(train.Preempted, match="at step 3 "):
+    train.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.setattr(train, "build_trainer", real)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert log_rows(tmp_path) == log_rows(ref_dir)
