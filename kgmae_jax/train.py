@@ -396,9 +396,10 @@ def _train_and_evaluate(config, workdir):
   # Model, optimiser, state shardings, compiled init and step.
   rng = jax.random.key(config.seed)
   init_rng, step_rng, eval_rng = jax.random.split(rng, 3)
-  trainer = build_trainer(
-      config, mesh, num_bands, stats["mean"], stats["std"],
-      endmembers=initial_endmembers(config, wavelengths))
+  # A resumed run restores its endmembers: the data-driven init is not needed.
+  endmembers = initial_endmembers(config, wavelengths) if saved is None else None
+  trainer = build_trainer(config, mesh, num_bands, stats["mean"], stats["std"],
+                          endmembers=endmembers)
   model, total = trainer.model, config.train.steps
   num_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
   logging.info("Model: %.2fM parameters, %d bands, LSMM %s.", num_params / 1e6,
@@ -416,6 +417,11 @@ def _train_and_evaluate(config, workdir):
     logging.info("Resumed from step %d in %s.", start, ckpt.directory)
   else:
     start = 0
+    if saved is not None:  # No checkpoint was readable: start as a new run.
+      trainer = build_trainer(
+          config, mesh, num_bands, stats["mean"], stats["std"],
+          endmembers=initial_endmembers(config, wavelengths))
+      model = trainer.model
     state = trainer.init(init_rng)
 
   # Loop.
