@@ -126,9 +126,9 @@ def test_any_size_with_nodata(workdir):
     inference.reconstruct(loaded, cube, tile=6)
 
 
-def test_checkpoint_of_another_shape_raises_shape_mismatch(tmp_path):
+def write_checkpoint_of_another_shape(path, bands=6):
+  """A checkpoint in `path` whose params have M = 3 but whose config says 5."""
   config = tiny_config.get()
-  bands = 6
   model = model_lib.build(config.model, config.lsmm, bands)
   params = inference.init_params(model, jax.random.key(0))
   saved = config.copy_and_resolve_references()
@@ -137,10 +137,14 @@ def test_checkpoint_of_another_shape_raises_shape_mismatch(tmp_path):
       'config': saved.to_dict(), 'wavelengths_nm': np.arange(bands) + 500.0,
       'band_mean': np.full(bands, 0.3), 'band_std': np.full(bands, 0.1),
       'class_names': [], 'num_bands': bands})
-  ckpt = ckpt_lib.Checkpointer(tmp_path, 1, 1)
+  ckpt = ckpt_lib.Checkpointer(path, 1, 1)
   ckpt.save(1, {'step': 1, 'params': params, 'opt_state': {}}, meta,
             force=True)
   ckpt.close()
+
+
+def test_checkpoint_of_another_shape_raises_shape_mismatch(tmp_path):
+  write_checkpoint_of_another_shape(tmp_path)
   with pytest.raises(ckpt_lib.ShapeMismatchError,
                      match=r'endmembers_raw: checkpoint \(6, 3\) vs model '
                      r'\(6, 5\)'):
