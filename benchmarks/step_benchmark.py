@@ -103,8 +103,10 @@ def analytic_flops_per_image(c, bands):
   """Training FLOPs per image: 3 x forward matmul FLOPs (2 per MAC).
 
   Counts what `model.KarmaMAE` computes: embedding of the K visible patches,
-  encoder on K tokens, decoder and pixel head on all L tokens, LSMM head and
-  mixing A.a; attention as QK^T and AV. Elementwise work (norms, losses,
+  encoder on K tokens, decoder on all L tokens, pixel head on the L - K
+  masked ones, LSMM head (pixel head: token and spectrum projections, output
+  per pixel; token head: MLP per token) and mixing A.a; attention as QK^T
+  and AV. Elementwise work (norms, losses,
   softmax, optimiser) is left out, as in the usual MFU convention.
   """
   m = c.model
@@ -123,12 +125,19 @@ def analytic_flops_per_image(c, bands):
   macs += stack(keep, m.width, m.depth)
   macs += keep * m.width * m.dec_width  # Decoder embedding.
   macs += stack(seq, m.dec_width, m.dec_depth)
-  macs += seq * m.dec_width * pix  # Pixel head.
+  macs += (seq - keep) * m.dec_width * pix  # Pixel head, masked tokens.
   if c.lsmm.enabled:
-    em = c.lsmm.num_endmembers
-    out = em * p * p if c.lsmm.per_pixel else em
-    macs += seq * (m.dec_width * (m.dec_width // 2) + (m.dec_width // 2) * out)
-    macs += seq * (p * p if c.lsmm.per_pixel else 1) * em * bands  # A.a.
+    em, half = c.lsmm.num_endmembers, m.dec_width // 2
+    if c.lsmm.head == "pixel":
+      macs += seq * m.dec_width * half  # Token projection.
+      macs += seq * pix * half  # Each pixel's spectrum projection.
+      macs += seq * p * p * half * em  # Output layer per pixel.
+      per_token = p * p
+    else:
+      out = em * p * p if c.lsmm.per_pixel else em
+      macs += seq * (m.dec_width * half + half * out)
+      per_token = p * p if c.lsmm.per_pixel else 1
+    macs += seq * per_token * em * bands  # A.a.
   return 3 * 2 * macs
 
 

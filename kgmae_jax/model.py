@@ -30,7 +30,7 @@ SAM/LSMM weights at 0 this is the plain ViT-MAE baseline.
 """
 
 import functools
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -128,6 +128,7 @@ class KarmaMAE(nn.Module):
   max_reflectance: float = 1.0  # Endmember bound; 0: softplus, no bound.
   endmember_init: Optional[Callable] = None  # (key, (B, M)) -> reflectance.
   pred_masked_only: bool = True  # `pred` computed for masked tokens only.
+  batch_sharding: Optional[Any] = None  # Sharding of per-sample arrays (train).
   dtype: jnp.dtype = jnp.float32
   attention: Optional[str] = None
   remat: bool = False
@@ -205,18 +206,21 @@ class KarmaMAE(nn.Module):
     if self.pred_masked_only and k < num_tokens:
       # Only masked tokens' pixels are ever scored: the pixel head (the
       # largest matmul) runs on those alone; visible tokens' `pred` is 0.
+      # Gathers only (per-sample, along tokens): no scatter, so a batch
+      # sharded over devices is never gathered onto one.
       ids_masked = jnp.argsort(ids_restore, axis=1)[:, k:]
-      pred = self.pixel_head(patching.gather_tokens(y, ids_masked))
-      out = {"pred": jnp.zeros((n, num_tokens, pred.shape[-1]), jnp.float32).at[
-          jnp.arange(n)[:, None], ids_masked].set(pred.astype(jnp.float32))}
+      pred = self._per_sample(
+          self.pixel_head(patching.gather_tokens(y, ids_masked)))
+      back = jnp.clip(ids_restore - k, 0, num_tokens - k - 1)
+      pred = patching.gather_tokens(pred.astype(jnp.float32), back)
+      out = {"pred": jnp.where((ids_restore >= k)[..., None], pred, 0.0)}
     else:
       out = {"pred": self.pixel_head(y).astype(jnp.float32)}
     if self.lsmm:
       if self.abundance_head == "pixel":
         # Each pixel's spectrum: observed where its token is visible, the
         # pixel decoder's prediction where it is masked.
-        visible = jnp.zeros((n, num_tokens), bool).at[
-            jnp.arange(n)[:, None], ids_keep].set(True)
+        visible = ids_restore < k  # (N, L): the first K of the shuffle.
         spectra = jnp.where(
             visible[:, :, None, None],
             patching.patchify(x, p).reshape(n, num_tokens, p * p, -1),
@@ -231,6 +235,13 @@ class KarmaMAE(nn.Module):
       out["abundances"] = jax.nn.softmax(logits, axis=-1)
       out["endmembers"] = self.endmembers()
     return out
+
+  def _per_sample(self, x):
+    """`x` kept sharded over the batch (under FSDP, XLA would otherwise gather
+    the batch of a head output whose kernel is sharded over features)."""
+    if self.batch_sharding is None:
+      return x
+    return jax.lax.with_sharding_constraint(x, self.batch_sharding)
 
   def _to_raw(self, reflectance):
     """Inverse of `endmembers()`'s map, for an init in reflectance units."""

@@ -209,7 +209,8 @@ def build_trainer(config, mesh, num_bands, mean, std, endmembers=None):
   state_shardings = sharding.state_sharding(mesh, abstract)
   batch_sharding = sharding.batch_sharding(mesh)
   step = jax.jit(
-      make_train_step(model, tx, schedule, config, mean, std),
+      make_train_step(model.clone(batch_sharding=batch_sharding), tx, schedule,
+                      config, mean, std),
       in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=(0,))

@@ -63,8 +63,13 @@ def test_analytic_flops_match_hand_count():
   # ViT-MAE at 224/16: L = 196 tokens, K = 49 visible, p*p*B = 55808 pixels.
   hand = (49 * 55808 * 512 + 12 * (49 * 12 * 512**2 + 2 * 49**2 * 512)
           + 49 * 512 * 512 + 8 * (196 * 12 * 512**2 + 2 * 196**2 * 512)
-          + 196 * 512 * 55808)
+          + 147 * 512 * 55808)  # Pixel head on the 147 masked tokens.
   assert sb.analytic_flops_per_image(c, 218) == 6 * hand
   c.lsmm.enabled = True
+  c.lsmm.head, c.lsmm.per_pixel = "token", False  # The paper's head.
   extra = 196 * (512 * 256 + 256 * 8) + 196 * 8 * 218
+  assert sb.analytic_flops_per_image(c, 218) == 6 * (hand + extra)
+  c.lsmm.head = "pixel"  # Token and spectrum projections, output per pixel.
+  extra = (196 * 512 * 256 + 196 * 55808 * 256 + 196 * 256 * 256 * 8
+           + 196 * 256 * 8 * 218)
   assert sb.analytic_flops_per_image(c, 218) == 6 * (hand + extra)

@@ -22,18 +22,25 @@ EXPECTED = {
                    {"top1", "mean_class_acc", "miou"}),
     "cross_region": ({f"{m} | {h}" for m in MODELS for h in ("linear", "conv")},
                      {"top1_A", "miou_A", "top1_B", "miou_B"}),
-    "unmixing": ({"KARMA LSMM head (learned from random)",
-                  "KARMA LSMM head (learned from library)",
-                  "KARMA LSMM head (fixed library)",
+    "unmixing": ({"KARMA LSMM head (default: pixel head, learned from k-means init)",
+                  "KARMA LSMM as in the paper (token head, learned from random)",
+                  "token head, learned from k-means init",
+                  "pixel head, learned from smooth random init",
+                  "pixel head, learned from library",
+                  "pixel head, fixed library endmembers",
                   "FCLS, true endmembers (ceiling)", "VCA + FCLS (blind floor)"},
                  {"abundance_rmse_mean", "sad_deg_mean"}),
     "ablation": ({"ViT-MAE (Huber only)", "Huber + SAM", "Huber + LSMM",
                   "KARMA: Huber + SAM + LSMM", "M = 4", "M = 10",
-                  "endmembers fixed (library)", "endmembers learned from library"},
+                  "endmembers fixed (library)", "endmembers learned from library",
+                  "LSMM as in the paper (token head, random init, softplus)",
+                  "token head (k-means init)", "smooth random init (pixel head)"},
                  {"psnr", "ssim", "sam_deg", "linear_top1", "linear_miou"}),
 }
 LSMM_ROWS = {"Huber + LSMM", "KARMA: Huber + SAM + LSMM", "M = 4", "M = 10",
-             "endmembers fixed (library)", "endmembers learned from library"}
+             "endmembers fixed (library)", "endmembers learned from library",
+             "LSMM as in the paper (token head, random init, softplus)",
+             "token head (k-means init)", "smooth random init (pixel head)"}
 
 
 def _tiny_config(data_dir):
