@@ -9,6 +9,7 @@ import numpy as np
 from etils import epath
 
 from kgmae_jax import enmap
+from kgmae_jax import losses
 from kgmae_jax import report
 
 
@@ -42,7 +43,8 @@ def loss_curves(metrics_path, out_path):
     return
   steps = [r["step"] for r in rows]
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for key in ("loss", "huber", "sam", "lsmm"):
+  terms = dict.fromkeys(k for r in rows for k in losses.term_names(r))
+  for key in ["loss", *terms]:
     vals = [r.get(key) for r in rows]
     if any(v for v in vals):
       axes[0].plot(steps, vals, label=key)

@@ -98,28 +98,13 @@ def init_state(rng, *, model, tx, tile_size):
                     opt_state=tx.init(params))
 
 
-def loss_terms(res, token_mask, *, lsmm, loss_cfg, lsmm_cfg, mean, std):
-  """(total, aux) for one batch of `forward` results; token_mask (N, L)."""
-  pixel_valid = res["pixel_valid"]
-  pixel_mask = token_mask[..., None] * pixel_valid  # Masked, valid pixels.
-  kwargs = {}
-  if lsmm:
-    lsmm_tokens = jnp.ones_like(token_mask) if lsmm_cfg.on_visible else token_mask
-    if res["mixed"].ndim == 4:  # Per-pixel abundances: A.a explains each pixel.
-      kwargs = dict(lsmm_target=res["refl"],
-                    lsmm_mask=lsmm_tokens[..., None] * pixel_valid)
-    else:  # Per token: A.a explains the patch's mean valid spectrum.
-      count = pixel_valid.sum(-1)
-      patch_mean = (res["refl"] * pixel_valid[..., None]).sum(-2) / jnp.maximum(
-          count, 1.0)[..., None]
-      kwargs = dict(lsmm_target=patch_mean,
-                    lsmm_mask=lsmm_tokens * (count > 0))
-    kwargs["mixed"] = res["mixed"]
-  return losses.karma_loss(
-      res["pred"], res["target"], pixel_mask, mean=mean, std=std,
-      weights=(loss_cfg.huber, loss_cfg.sam, loss_cfg.lsmm),
-      huber_delta=loss_cfg.huber_delta,
-      lsmm_sam_weight=loss_cfg.lsmm_sam_weight, **kwargs)
+def objective_settings(config):
+  """Static keyword arguments of `losses.objective` from the config: the
+  term weights (every config.loss field naming a registered term) and the rest."""
+  return dict(weights=losses.term_weights(config.loss),
+              huber_delta=config.loss.huber_delta,
+              lsmm_sam_weight=config.loss.lsmm_sam_weight,
+              lsmm_on_visible=config.lsmm.on_visible)
 
 
 def make_train_step(model, tx, schedule, config, mean, std):
@@ -133,13 +118,13 @@ def make_train_step(model, tx, schedule, config, mean, std):
   std = jnp.asarray(std, jnp.float32)
   mask_ratio = config.model.mask_ratio
   accum = config.train.grad_accum_steps
+  settings = objective_settings(config)
 
   def loss_fn(params, mb):
     res = model_lib.forward(model, params, mb["cube"], mb["valid"],
                             mb["ids_keep"], mb["ids_restore"], mean, std)
-    return loss_terms(res, mb["token_mask"], lsmm=model.lsmm,
-                      loss_cfg=config.loss, lsmm_cfg=config.lsmm, mean=mean,
-                      std=std)
+    return losses.objective(res, mb["token_mask"], mean=mean, std=std,
+                            **settings)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -269,19 +254,17 @@ def _train_batches(config, per_process, start, batch_sharding):
 
 
 def _log_line(step, total, scalars, rate):
-  terms = " ".join(f"{k} {scalars[k]:.4f}" for k in ("huber", "sam", "lsmm")
-                   if k in scalars)
+  terms = " ".join(f"{k} {scalars[k]:.4f}" for k in losses.term_names(scalars))
   eta = (total - step) / max(rate, 1e-9)
   return (f"step {step}/{total} | loss {scalars['loss']:.4f} ({terms}) | "
           f"{rate:.2f} steps/s | eta {int(eta) // 60}m{int(eta) % 60:02d}s")
 
 
-_GUARDED = ("huber", "sam", "lsmm", "loss", "grad_norm")
-
-
 def nonfinite_terms(scalars):
-  """Names of the loss terms (and grad norm) that are NaN/inf in `scalars`."""
-  return [k for k in _GUARDED if k in scalars and not np.isfinite(scalars[k])]
+  """Names of the loss terms (from `losses.term_names`), the loss and the grad
+  norm that are NaN/inf in `scalars`."""
+  guarded = losses.term_names(scalars) + ["loss", "grad_norm"]
+  return [k for k in guarded if k in scalars and not np.isfinite(scalars[k])]
 
 
 def check_finite(step_range, scalars):
