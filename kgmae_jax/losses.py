@@ -53,6 +53,15 @@ def _as_float(x) -> Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def checked_mask(mask, pred_shape) -> Array:
+  """`mask` as an array, checked to hold one entry per spectrum: `pred_shape[:-1]`."""
+  mask = jnp.asarray(mask)
+  if mask.shape != tuple(pred_shape[:-1]):
+    raise ValueError(f"mask shape {mask.shape} must equal pred.shape[:-1] = "
+                     f"{tuple(pred_shape[:-1])} (one entry per spectrum).")
+  return mask
+
+
 def _prepare(pred, target, mask):
   """Broadcasts pred/target to float, checks the mask and neutralises masked-out spectra.
 
@@ -64,11 +73,7 @@ def _prepare(pred, target, mask):
     raise ValueError("pred/target must have a spectral (last) axis; got scalars.")
   if mask is None:
     return p, t, None
-  mask = jnp.asarray(mask)
-  if mask.shape != p.shape[:-1]:
-    raise ValueError(f"mask shape {mask.shape} must equal pred.shape[:-1] = {p.shape[:-1]} "
-                     "(one entry per spectrum).")
-  w = mask.astype(jnp.float32)
+  w = checked_mask(mask, p.shape).astype(jnp.float32)
   selected = w > 0
   p = jnp.where(selected[..., None], p, 1.0)
   t = jnp.where(selected[..., None], t, 1.0)
