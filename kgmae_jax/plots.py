@@ -38,7 +38,7 @@ def rgb(cube, idx, lo_hi):
 
 def loss_curves(metrics_path, out_path):
   """Total loss and each weighted term against step (log scale)."""
-  rows = report.read_jsonl(metrics_path)
+  rows = [r for r in report.read_jsonl(metrics_path) if "loss" in r]  # Not eval/.
   if not rows:
     return
   steps = [r["step"] for r in rows]

@@ -144,8 +144,9 @@ def claims_markdown(tables):
 # -------------------------------------------------------------------- figures
 def loss_terms(records, out_path, names):
   """Raw (unweighted) loss terms against step, seed 0 of each run."""
-  runs = {name: report.read_jsonl(
-      epath.Path(records[name][0]["workdir"]) / "metrics.jsonl") for name in names}
+  runs = {name: [r for r in report.read_jsonl(
+      epath.Path(records[name][0]["workdir"]) / "metrics.jsonl") if "loss" in r]
+          for name in names}
   terms = [*dict.fromkeys(k + "_raw" for rows in runs.values() for r in rows
                           for k in losses.term_names(r)), "loss"]
   fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.4))
