@@ -8,6 +8,8 @@ before anything is built and raises a `ValueError` that names the field.
 
 import ml_collections
 
+from kgmae_jax import losses
+
 
 def base_config():
   """Every field, with a one-line comment each. Values: the paper's setting."""
@@ -105,6 +107,7 @@ def base_config():
   c.evals.batch_size = 16  # Tiles per evaluation batch.
   c.evals.data_range = 1.0  # Reflectance range for PSNR and SSIM.
   c.evals.num_plot = 4  # Tiles drawn in the reconstruction figure.
+  c.evals.every_steps = 0  # Steps between held-out evaluations during training (eval/ metrics; 0: only at the end).
   return c
 
 
@@ -128,6 +131,7 @@ _LEGACY = {
     "data.drop_bands": (),  # Every band of the file was used.
     "data.drop_ranges_nm": (),
     "train.allow_config_change": False,
+    "evals.every_steps": 0,
 }
 
 
@@ -224,9 +228,10 @@ def validate(c, num_devices=None, num_bands=None):
   need(c.lsmm.max_reflectance >= 0, "lsmm.max_reflectance",
        f"must be >= 0 (0: unbounded), got {c.lsmm.max_reflectance}.")
   need(c.lsmm.lr_mult > 0, "lsmm.lr_mult", f"must be > 0, got {c.lsmm.lr_mult}.")
-  for term in ("huber", "sam", "lsmm"):
-    need(c.loss[term] >= 0, f"loss.{term}", f"must be >= 0, got {c.loss[term]}.")
-  need(c.loss.huber + c.loss.sam + c.loss.lsmm > 0, "loss",
+  weights = losses.term_weights(c.loss)
+  for term, weight in weights.items():
+    need(weight >= 0, f"loss.{term}", f"must be >= 0, got {weight}.")
+  need(sum(weights.values()) > 0, "loss",
        "all loss weights are 0: nothing to train.")
   need(c.lsmm.enabled or c.loss.lsmm == 0, "loss.lsmm",
        "is > 0 but lsmm.enabled is False; set one of them.")
@@ -245,6 +250,8 @@ def validate(c, num_devices=None, num_bands=None):
   need(c.train.batch_size % accum == 0, "train.grad_accum_steps",
        f"{accum} does not divide train.batch_size={c.train.batch_size}.")
   need(c.ckpt.every_steps >= 1, "ckpt.every_steps", "must be >= 1.")
+  need(c.evals.every_steps >= 0, "evals.every_steps",
+       f"must be >= 0 (0: off), got {c.evals.every_steps}.")
   need(c.ckpt.keep >= 1, "ckpt.keep", "must be >= 1.")
   need(c.mesh.fsdp >= 1, "mesh.fsdp", "must be >= 1.")
   if num_devices is not None:

@@ -1,5 +1,8 @@
 """Held-out evaluation: reconstruction of masked patches, LSMM and unmixing.
 
+`Evaluator` runs it (compiled once) on any parameters, also during training
+(config.evals.every_steps, `scalars` flattens it for the log).
+
 Reconstruction (the MAE task): each tile is masked as in training (a fixed
 eval key); the image scored is the input with its masked patches replaced by
 the prediction, and every metric counts only masked, valid pixels. Two
@@ -101,79 +104,112 @@ def _pooled(mean_metrics, data_range):
 def evaluate(model, params, config, stats, wavelengths, rng, class_names=()):
   """Runs the evaluation on `config.evals.split`; returns a dict with
   `metrics` (JSON-ready) and `plot` (numpy arrays for `plots.write_all`)."""
-  ev = config.evals
-  predict = make_predict_fn(model, stats["mean"], stats["std"],
-                            config.model.mask_ratio)
-  scorer = jax.jit(functools.partial(metrics_lib.reconstruction_metrics,
-                                     data_range=ev.data_range))
-  recon = {k: _Mean() for k in ("model", "train_mean", "visible_mean")}
-  lsmm_mean = _Mean()
-  cross, abund_n = None, 0.0
-  plot, num_tiles, true_em = {}, 0, []
-  max_tiles = ev.num_tiles or None
-  split = data.evaluation_split(config.data, ev.split)
-  for i, batch in enumerate(data.eval_batches(config.data, split,
-                                              ev.batch_size, max_tiles)):
-    cube = jnp.asarray(batch["cube"])
-    valid = jnp.asarray(batch["valid"])
-    out = predict(params, cube, valid, jax.random.fold_in(rng, i))
-    weight = float(out["masked"].sum())
-    for name, key in (("model", "recon"), ("train_mean", "train_mean"),
-                      ("visible_mean", "visible_mean")):
-      if weight:  # A batch without valid masked pixels has nothing to score.
-        m = jax.device_get(scorer(out[key], cube, mask=out["masked"]))
-        recon[name].add(dict(m, _mse=m["rmse"] ** 2), weight)
-    if model.lsmm:
-      if valid.any():
-        m = jax.device_get(scorer(out["mixed"], cube, mask=valid))
-        lsmm_mean.add(dict(m, _mse=m["rmse"] ** 2), float(valid.sum()))
-      if "abundances" in batch:  # Squared-error sums for every pairing.
-        true_em.append(batch["endmembers"])
-        v = np.asarray(valid)
-        pa = np.asarray(out["abundances"], np.float64)[v]  # (P, M)
-        ta = np.asarray(batch["abundances"], np.float64)[v]  # (P, M_true)
-        sums = (np.square(pa).sum(0), np.square(ta).sum(0), pa.T @ ta)
-        cross = sums if cross is None else tuple(
-            a + b for a, b in zip(cross, sums))
-        abund_n += v.sum()
-    if i == 0:
-      k = ev.num_plot
-      plot = {key: np.asarray(val[:k]) for key, val in out.items()
-              if key != "endmembers"}
-      plot["cube"] = batch["cube"][:k]
-      for key in ("abundances", "labels"):
-        if key in batch:
-          plot["true_" + key] = batch[key][:k]
-      if model.lsmm:
-        plot["endmembers"] = np.asarray(out["endmembers"])
-    num_tiles += cube.shape[0]
+  del wavelengths
+  return Evaluator(model, config, stats, class_names)(params, rng)
 
-  results = {
-      "reconstruction": {k: _pooled(v.result(), ev.data_range)
-                         for k, v in recon.items()},
-      "eval": {"split": split, "num_tiles": num_tiles,
-               "mask_ratio": config.model.mask_ratio},
-  }
-  if model.lsmm:
-    results["lsmm_reconstruction"] = _pooled(lsmm_mean.result(), ev.data_range)
-  if true_em:
-    ref = np.mean(np.concatenate(true_em), axis=0)  # (M_true, B)
-    learned = plot["endmembers"].T
-    rows, cols, angles = unmixing.match_endmembers(learned, ref)
-    p2, t2, pt = cross
-    rmse = np.sqrt(np.maximum(p2[rows] + t2[cols] - 2 * pt[rows, cols], 0)
-                   / abund_n)
-    names = [class_names[c] if c < len(class_names) else str(c) for c in cols]
-    results["unmixing"] = {
-        "sad_deg": dict(zip(names, np.degrees(angles).tolist())),
-        "sad_deg_mean": float(np.degrees(angles).mean()),
-        "abundance_rmse": dict(zip(names, rmse.tolist())),
-        "abundance_rmse_mean": float(rmse.mean()),
-        "matched_endmember": dict(zip(names, rows.tolist())),
+
+class Evaluator:
+  """The held-out evaluation, compiled once and run on any parameters.
+
+  `Evaluator(...)(params, rng)` -> `{'metrics', 'plot'}` as `evaluate`;
+  `baselines=False` skips the train_mean / visible_mean baselines (the cheap
+  variant run during training, see `scalars`).
+  """
+
+  def __init__(self, model, config, stats, class_names=(), baselines=True):
+    ev = self.evals = config.evals
+    self.model, self.config, self.class_names = model, config, class_names
+    self.predict = make_predict_fn(model, stats["mean"], stats["std"],
+                                   config.model.mask_ratio)
+    self.scorer = jax.jit(functools.partial(metrics_lib.reconstruction_metrics,
+                                            data_range=ev.data_range))
+    self.methods = (("model", "recon"),) + ((
+        ("train_mean", "train_mean"), ("visible_mean", "visible_mean"))
+                                            if baselines else ())
+
+  def __call__(self, params, rng):
+    model, config, class_names = self.model, self.config, self.class_names
+    ev, predict, scorer = self.evals, self.predict, self.scorer
+    recon = {name: _Mean() for name, _ in self.methods}
+    lsmm_mean = _Mean()
+    cross, abund_n = None, 0.0
+    plot, num_tiles, true_em = {}, 0, []
+    max_tiles = ev.num_tiles or None
+    split = data.evaluation_split(config.data, ev.split)
+    for i, batch in enumerate(data.eval_batches(config.data, split,
+                                                ev.batch_size, max_tiles)):
+      cube = jnp.asarray(batch["cube"])
+      valid = jnp.asarray(batch["valid"])
+      out = predict(params, cube, valid, jax.random.fold_in(rng, i))
+      weight = float(out["masked"].sum())
+      for name, key in self.methods:
+        if weight:  # A batch without valid masked pixels has nothing to score.
+          m = jax.device_get(scorer(out[key], cube, mask=out["masked"]))
+          recon[name].add(dict(m, _mse=m["rmse"] ** 2), weight)
+      if model.lsmm:
+        if valid.any():
+          m = jax.device_get(scorer(out["mixed"], cube, mask=valid))
+          lsmm_mean.add(dict(m, _mse=m["rmse"] ** 2), float(valid.sum()))
+        if "abundances" in batch:  # Squared-error sums for every pairing.
+          true_em.append(batch["endmembers"])
+          v = np.asarray(valid)
+          pa = np.asarray(out["abundances"], np.float64)[v]  # (P, M)
+          ta = np.asarray(batch["abundances"], np.float64)[v]  # (P, M_true)
+          sums = (np.square(pa).sum(0), np.square(ta).sum(0), pa.T @ ta)
+          cross = sums if cross is None else tuple(
+              a + b for a, b in zip(cross, sums))
+          abund_n += v.sum()
+      if i == 0:
+        k = ev.num_plot
+        plot = {key: np.asarray(val[:k]) for key, val in out.items()
+                if key != "endmembers"}
+        plot["cube"] = batch["cube"][:k]
+        for key in ("abundances", "labels"):
+          if key in batch:
+            plot["true_" + key] = batch[key][:k]
+        if model.lsmm:
+          plot["endmembers"] = np.asarray(out["endmembers"])
+      num_tiles += cube.shape[0]
+
+    results = {
+        "reconstruction": {k: _pooled(v.result(), ev.data_range)
+                           for k, v in recon.items()},
+        "eval": {"split": split, "num_tiles": num_tiles,
+                 "mask_ratio": config.model.mask_ratio},
     }
-    plot["true_endmembers"] = ref
-    plot["matching"] = (rows, cols)
-  logging.info("Evaluation on %d '%s' tiles: %s", num_tiles, split,
-               {k: round(v["psnr"], 2) for k, v in
-                results["reconstruction"].items()})
-  return {"metrics": results, "plot": plot}
+    if model.lsmm:
+      results["lsmm_reconstruction"] = _pooled(lsmm_mean.result(), ev.data_range)
+    if true_em:
+      ref = np.mean(np.concatenate(true_em), axis=0)  # (M_true, B)
+      learned = plot["endmembers"].T
+      rows, cols, angles = unmixing.match_endmembers(learned, ref)
+      p2, t2, pt = cross
+      rmse = np.sqrt(np.maximum(p2[rows] + t2[cols] - 2 * pt[rows, cols], 0)
+                     / abund_n)
+      names = [class_names[c] if c < len(class_names) else str(c) for c in cols]
+      results["unmixing"] = {
+          "sad_deg": dict(zip(names, np.degrees(angles).tolist())),
+          "sad_deg_mean": float(np.degrees(angles).mean()),
+          "abundance_rmse": dict(zip(names, rmse.tolist())),
+          "abundance_rmse_mean": float(rmse.mean()),
+          "matched_endmember": dict(zip(names, rows.tolist())),
+      }
+      plot["true_endmembers"] = ref
+      plot["matching"] = (rows, cols)
+    logging.info("Evaluation on %d '%s' tiles: %s", num_tiles, split,
+                 {k: round(v["psnr"], 2) for k, v in
+                  results["reconstruction"].items()})
+    return {"metrics": results, "plot": plot}
+
+
+def scalars(metrics):
+  """Flat `{name: float}` of an evaluation's `metrics` for the training log:
+  the model's reconstruction metrics (psnr, ssim, sam_deg, ...), `lsmm_psnr`
+  and the unmixing means when present."""
+  out = dict(metrics["reconstruction"]["model"])
+  if "lsmm_reconstruction" in metrics:
+    out["lsmm_psnr"] = metrics["lsmm_reconstruction"]["psnr"]
+  for key in ("sad_deg_mean", "abundance_rmse_mean"):
+    if key in metrics.get("unmixing", {}):
+      out[key] = metrics["unmixing"][key]
+  return {k: float(v) for k, v in out.items()}

@@ -28,11 +28,18 @@ Functions (shapes for `pred: (..., B)`):
 * `lsmm_mix(abundances (..., M), endmembers (B, M))` -> `(..., B)`: linear mixing.
 * `lsmm_loss(mixed, target, mask, scale, delta, sam_weight)` -> scalar physics term.
 * `karma_loss(pred, target, mask, mixed, mean, std, weights, ...)` -> `(total, aux)`.
+* `objective(outputs, token_mask, weights, ...)` -> `(total, aux)`: the training
+  objective from `model.forward`'s results; its terms are the registry `TERMS`
+  (`register_term(name, fn)`), weighted by `weights[name]` (config.loss.<name>). A new
+  term is a `register_term` call and a config weight: the loop, its non-finite guard, the
+  logs, plots and reports take the names from `aux` (`term_names`).
 """
 
+import dataclasses
+import functools
 import math
 import numbers
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +53,15 @@ def _as_float(x) -> Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def checked_mask(mask, pred_shape) -> Array:
+  """`mask` as an array, checked to hold one entry per spectrum: `pred_shape[:-1]`."""
+  mask = jnp.asarray(mask)
+  if mask.shape != tuple(pred_shape[:-1]):
+    raise ValueError(f"mask shape {mask.shape} must equal pred.shape[:-1] = "
+                     f"{tuple(pred_shape[:-1])} (one entry per spectrum).")
+  return mask
+
+
 def _prepare(pred, target, mask):
   """Broadcasts pred/target to float, checks the mask and neutralises masked-out spectra.
 
@@ -57,11 +73,7 @@ def _prepare(pred, target, mask):
     raise ValueError("pred/target must have a spectral (last) axis; got scalars.")
   if mask is None:
     return p, t, None
-  mask = jnp.asarray(mask)
-  if mask.shape != p.shape[:-1]:
-    raise ValueError(f"mask shape {mask.shape} must equal pred.shape[:-1] = {p.shape[:-1]} "
-                     "(one entry per spectrum).")
-  w = mask.astype(jnp.float32)
+  w = checked_mask(mask, p.shape).astype(jnp.float32)
   selected = w > 0
   p = jnp.where(selected[..., None], p, 1.0)
   t = jnp.where(selected[..., None], t, 1.0)
@@ -171,6 +183,152 @@ def lsmm_loss(mixed, target, mask=None, *, scale=None, delta=1.0, sam_weight=1.0
   return huber + _weighted_term(sam_weight, lambda: sam_loss(m, t, mask))
 
 
+# ------------------------------------------------------------------ the objective
+@dataclasses.dataclass(frozen=True)
+class LossInputs:
+  """What every loss term sees for one batch; built by `objective` (or `karma_loss`).
+
+  `pred`, `target`: `(..., B)` standardised, already NaN-free where `mask` drops them;
+  `mask`: `pred.shape[:-1]` (masked, valid pixels); `mean`, `std`: `(B,)` (or 0 and 1)
+  mapping standardised values to reflectance; `std_scale`: `std` or None (lsmm Huber
+  scale); `mixed`: LSMM `A a` in reflectance, `(..., B)` per pixel or per token, or None;
+  `lsmm_target`, `lsmm_mask`: what `mixed` must explain and where; `outputs`: every
+  `model.forward` result (abundances, endmembers, ...) for terms that need more;
+  `settings`: the static non-weight settings (`huber_delta`, `lsmm_sam_weight`, ...).
+  """
+  pred: Array
+  target: Array
+  mask: Optional[Array]
+  mean: Any
+  std: Any
+  std_scale: Any
+  mixed: Optional[Array]
+  lsmm_target: Optional[Array]
+  lsmm_mask: Optional[Array]
+  outputs: Mapping[str, Any]
+  settings: Mapping[str, Any]
+
+  @property
+  def target_reflectance(self) -> Array:
+    return self.target * self.std + self.mean
+
+
+# name -> fn(LossInputs) -> raw (unweighted) float32 scalar; insertion order is the
+# order of the terms in `aux` and in the sum.
+TERMS: dict[str, Callable[[LossInputs], Array]] = {}
+
+
+def register_term(name: str, fn: Callable[[LossInputs], Array]) -> None:
+  """Adds the loss term `name`: its weight is `weights[name]` (config.loss.<name>)."""
+  if name.endswith("_raw") or name in ("total", "loss"):
+    raise ValueError(f"{name!r} is reserved for the logged values of the objective.")
+  TERMS[name] = fn
+
+
+def unregister_term(name: str) -> None:
+  TERMS.pop(name)
+
+
+def term_weights(loss_cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """`{name: weight}` for every registered term in `loss_cfg` (e.g. config.loss)."""
+  return {name: loss_cfg[name] for name in TERMS if name in loss_cfg}
+
+
+def term_names(aux: Mapping[str, Any]) -> list[str]:
+  """The weighted term names in an `aux` dict (or a logged row), in its order: keys with a
+  `_raw` twin, or registered term names."""
+  return [k for k in aux if not k.endswith("_raw") and (k + "_raw" in aux or k in TERMS)]
+
+
+register_term("huber", lambda x: huber_loss(x.pred, x.target, x.settings["huber_delta"],
+                                            x.mask))
+register_term("sam", lambda x: sam_loss(x.pred * x.std + x.mean, x.target_reflectance,
+                                        x.mask))
+
+
+def _lsmm_term(x: LossInputs) -> Array:
+  if x.mixed is None:
+    return jnp.zeros((), jnp.float32)
+  return lsmm_loss(x.mixed, x.target_reflectance if x.lsmm_target is None else x.lsmm_target,
+                   x.mask if x.lsmm_mask is None else x.lsmm_mask, scale=x.std_scale,
+                   delta=x.settings["huber_delta"],
+                   sam_weight=x.settings["lsmm_sam_weight"])
+
+
+register_term("lsmm", _lsmm_term)
+
+
+def _combine(inputs: LossInputs, weights: Mapping[str, Any]) -> tuple[Array, dict[str, Array]]:
+  """`(total, aux)`: each term of `weights` (registry order), weighted and raw."""
+  unknown = sorted(set(weights) - set(TERMS))
+  if unknown:
+    raise ValueError(f"unknown loss terms {unknown}; registered: {list(TERMS)}.")
+  aux = {}
+  for name, fn in TERMS.items():
+    if name in weights:
+      value = fn(inputs)
+      aux[name] = _weighted_term(weights[name], lambda value=value: value)
+      aux[name + "_raw"] = value
+  total = functools.reduce(lambda a, b: a + b, [aux[k] for k in term_names(aux)])
+  aux["total"] = total
+  return total, aux
+
+
+def _inputs(pred, target, mask, *, mean, std, mixed=None, lsmm_target=None, lsmm_mask=None,
+            outputs=None, **settings) -> LossInputs:
+  p, t, _ = _prepare(pred, target, mask)  # NaN-free from here on, whatever the mask drops.
+  return LossInputs(
+      pred=p, target=t, mask=mask, mean=0.0 if mean is None else _as_float(mean),
+      std=1.0 if std is None else _as_float(std), std_scale=std, mixed=mixed,
+      lsmm_target=lsmm_target, lsmm_mask=lsmm_mask, outputs=outputs or {},
+      settings=settings)
+
+
+def objective(outputs: Mapping[str, Any], token_mask, weights: Mapping[str, Any], *, mean,
+              std, huber_delta=1.0, lsmm_sam_weight=1.0, lsmm_on_visible=True,
+              **settings) -> tuple[Array, dict[str, Array]]:
+  """The training objective of one batch of `model.forward` results: `(total, aux)`.
+
+  Args:
+    outputs: `model.forward`'s dict: `pred`, `target` `(N, L, P, B)` standardised;
+      `refl` `(N, L, P, B)` reflectance; `pixel_valid` `(N, L, P)`; with LSMM also
+      `mixed` (`(N, L, P, B)` per pixel or `(N, L, B)` per token), `abundances`,
+      `endmembers`.
+    token_mask: `(N, L)`, 1 for masked tokens (the MAE targets).
+    weights: `{term: weight}` (see `term_weights(config.loss)`); only these terms are
+      computed. A Python 0 keeps its term out of `total` and its gradient.
+    mean, std: `(B,)` band statistics of the standardisation.
+    huber_delta, lsmm_sam_weight: as in `karma_loss`.
+    lsmm_on_visible: the LSMM term covers visible tokens too, not only masked ones.
+    **settings: extra static settings for registered terms (`LossInputs.settings`).
+
+  The pixel terms cover masked, valid pixels. LSMM: per-pixel `mixed` explains each
+  valid pixel's reflectance; per-token `mixed` the patch's mean valid spectrum.
+
+  Returns:
+    `(total, aux)`: `aux[name]` weighted and `aux[name + '_raw']` unweighted per term,
+    and `aux['total']`; float32 scalars.
+  """
+  pixel_valid = outputs["pixel_valid"]
+  pixel_mask = token_mask[..., None] * pixel_valid  # Masked, valid pixels.
+  mixed = outputs.get("mixed")
+  lsmm_target = lsmm_mask = None
+  if mixed is not None:
+    lsmm_tokens = jnp.ones_like(token_mask) if lsmm_on_visible else token_mask
+    if mixed.ndim == 4:  # Per-pixel abundances: A.a explains each pixel.
+      lsmm_target, lsmm_mask = outputs["refl"], lsmm_tokens[..., None] * pixel_valid
+    else:  # Per token: A.a explains the patch's mean valid spectrum.
+      count = pixel_valid.sum(-1)
+      lsmm_target = (outputs["refl"] * pixel_valid[..., None]).sum(-2) / jnp.maximum(
+          count, 1.0)[..., None]
+      lsmm_mask = lsmm_tokens * (count > 0)
+  inputs = _inputs(outputs["pred"], outputs["target"], pixel_mask, mean=mean, std=std,
+                   mixed=mixed, lsmm_target=lsmm_target, lsmm_mask=lsmm_mask,
+                   outputs=outputs, huber_delta=huber_delta,
+                   lsmm_sam_weight=lsmm_sam_weight, **settings)
+  return _combine(inputs, weights)
+
+
 def karma_loss(pred, target, mask=None, *, mixed=None, mean=None, std=None,
                weights: Sequence = (1.0, 1.0, 1.0), huber_delta=1.0, lsmm_sam_weight=1.0,
                lsmm_target=None, lsmm_mask=None) -> tuple[Array, dict[str, Array]]:
@@ -195,7 +353,8 @@ def karma_loss(pred, target, mask=None, *, mixed=None, mean=None, std=None,
 
   Terms: `huber` on standardised values (numerical accuracy); `sam` on reflectance
   `pred * std + mean` vs `target * std + mean` (angles are physical there); `lsmm` =
-  `lsmm_loss(mixed, lsmm_target, lsmm_mask, scale=std, ...)`.
+  `lsmm_loss(mixed, lsmm_target, lsmm_mask, scale=std, ...)`. The same registered terms
+  as `objective`, which also builds the masks from `model.forward`'s results.
 
   Returns:
     `(total, aux)`: `aux` holds the weighted `'huber'`, `'sam'`, `'lsmm'`, the unweighted
@@ -203,24 +362,7 @@ def karma_loss(pred, target, mask=None, *, mixed=None, mean=None, std=None,
   """
   if len(weights) != 3:
     raise ValueError(f"weights must be (huber, sam, lsmm), got {weights!r}.")
-  p, t, _ = _prepare(pred, target, mask)  # NaN-free from here on, whatever the mask drops.
-  mean_r = 0.0 if mean is None else _as_float(mean)
-  std_r = 1.0 if std is None else _as_float(std)
-  target_r = t * std_r + mean_r
-  raw = {
-      "huber": huber_loss(p, t, huber_delta, mask),
-      "sam": sam_loss(p * std_r + mean_r, target_r, mask),
-      "lsmm": jnp.zeros((), jnp.float32),
-  }
-  if mixed is not None:
-    raw["lsmm"] = lsmm_loss(
-        mixed, target_r if lsmm_target is None else lsmm_target,
-        mask if lsmm_mask is None else lsmm_mask, scale=std, delta=huber_delta,
-        sam_weight=lsmm_sam_weight)
-  aux = {}
-  for (name, value), weight in zip(raw.items(), weights):
-    aux[name] = _weighted_term(weight, lambda value=value: value)
-    aux[name + "_raw"] = value
-  total = aux["huber"] + aux["sam"] + aux["lsmm"]
-  aux["total"] = total
-  return total, aux
+  inputs = _inputs(pred, target, mask, mean=mean, std=std, mixed=mixed,
+                   lsmm_target=lsmm_target, lsmm_mask=lsmm_mask, huber_delta=huber_delta,
+                   lsmm_sam_weight=lsmm_sam_weight)
+  return _combine(inputs, dict(zip(("huber", "sam", "lsmm"), weights)))

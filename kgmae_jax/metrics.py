@@ -40,9 +40,7 @@ def _prepare(pred, target, mask):
     raise ValueError(f"pred {p.shape} and target {t.shape} must be equal (..., B) shapes.")
   if mask is None:
     return p, t, None
-  mask = jnp.asarray(mask)
-  if mask.shape != p.shape[:-1]:
-    raise ValueError(f"mask shape {mask.shape} must equal pred.shape[:-1] = {p.shape[:-1]}.")
+  mask = losses.checked_mask(mask, p.shape)
   valid = mask if mask.dtype == jnp.bool_ else mask > 0
   p = jnp.where(valid[..., None], p, 0.0)
   t = jnp.where(valid[..., None], t, 0.0)

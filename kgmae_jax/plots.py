@@ -9,6 +9,7 @@ import numpy as np
 from etils import epath
 
 from kgmae_jax import enmap
+from kgmae_jax import losses
 from kgmae_jax import report
 
 
@@ -37,12 +38,13 @@ def rgb(cube, idx, lo_hi):
 
 def loss_curves(metrics_path, out_path):
   """Total loss and each weighted term against step (log scale)."""
-  rows = report.read_jsonl(metrics_path)
+  rows = [r for r in report.read_jsonl(metrics_path) if "loss" in r]  # Not eval/.
   if not rows:
     return
   steps = [r["step"] for r in rows]
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for key in ("loss", "huber", "sam", "lsmm"):
+  terms = dict.fromkeys(k for r in rows for k in losses.term_names(r))
+  for key in ["loss", *terms]:
     vals = [r.get(key) for r in rows]
     if any(v for v in vals):
       axes[0].plot(steps, vals, label=key)

@@ -1,7 +1,8 @@
 """Run records: metrics.jsonl + TensorBoard scalars, config.json, summary.json.
 
 `metrics.jsonl` has one JSON object per logged step with at least `step` and
-`loss`; on resume, lines past the restored step are dropped so a resumed run's
+`loss`, and one per periodic evaluation (config.evals.every_steps) with `step`
+and `eval/<metric>` keys; on resume, lines past the restored step are dropped so a resumed run's
 log reads as one uninterrupted run.
 """
 

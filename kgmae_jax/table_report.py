@@ -15,6 +15,7 @@ import numpy as np
 from etils import epath
 from scipy import stats as scipy_stats
 
+from kgmae_jax import losses
 from kgmae_jax import plots
 from kgmae_jax import report
 
@@ -143,10 +144,13 @@ def claims_markdown(tables):
 # -------------------------------------------------------------------- figures
 def loss_terms(records, out_path, names):
   """Raw (unweighted) loss terms against step, seed 0 of each run."""
-  terms = ("huber_raw", "sam_raw", "lsmm_raw", "loss")
+  runs = {name: [r for r in report.read_jsonl(
+      epath.Path(records[name][0]["workdir"]) / "metrics.jsonl") if "loss" in r]
+          for name in names}
+  terms = [*dict.fromkeys(k + "_raw" for rows in runs.values() for r in rows
+                          for k in losses.term_names(r)), "loss"]
   fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.4))
-  for name in names:
-    rows = report.read_jsonl(epath.Path(records[name][0]["workdir"]) / "metrics.jsonl")
+  for name, rows in runs.items():
     if not rows:
       continue
     steps = [r["step"] for r in rows]

@@ -9,6 +9,7 @@ split's statistics; invalid (nodata/NaN) pixels are set to 0 there and carried
 as a validity mask into every loss and metric.
 """
 
+import contextlib
 import dataclasses
 import functools
 import signal
@@ -61,7 +62,7 @@ def make_optimizer(optim_cfg, lsmm_cfg, total_steps, max_nonfinite=1):
   Returns (tx, schedule). The endmembers (`params['endmembers_raw']`) follow
   the same schedule scaled by `lsmm_cfg.lr_mult`, without weight decay; with
   `lsmm_cfg.learn = False` they get no update at all. The whole update is
-  wrapped in `optax.apply_if_finite`: a step whose gradient holds NaN/inf
+  wrapped in `NonfinitePolicy.guard`: a step whose gradient holds NaN/inf
   leaves params and moments unchanged (counted in
   `opt_state.total_notfinite`), up to `max_nonfinite` such steps in a row.
   """
@@ -84,7 +85,7 @@ def make_optimizer(optim_cfg, lsmm_cfg, total_steps, max_nonfinite=1):
   tx = optax.multi_transform({"network": tx, "endmembers": em_tx}, label)
   if optim_cfg.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), tx)
-  return optax.apply_if_finite(tx, max_nonfinite), schedule
+  return NonfinitePolicy.guard(tx, max_nonfinite), schedule
 
 
 # ------------------------------------------------------------ state and step
@@ -98,28 +99,13 @@ def init_state(rng, *, model, tx, tile_size):
                     opt_state=tx.init(params))
 
 
-def loss_terms(res, token_mask, *, lsmm, loss_cfg, lsmm_cfg, mean, std):
-  """(total, aux) for one batch of `forward` results; token_mask (N, L)."""
-  pixel_valid = res["pixel_valid"]
-  pixel_mask = token_mask[..., None] * pixel_valid  # Masked, valid pixels.
-  kwargs = {}
-  if lsmm:
-    lsmm_tokens = jnp.ones_like(token_mask) if lsmm_cfg.on_visible else token_mask
-    if res["mixed"].ndim == 4:  # Per-pixel abundances: A.a explains each pixel.
-      kwargs = dict(lsmm_target=res["refl"],
-                    lsmm_mask=lsmm_tokens[..., None] * pixel_valid)
-    else:  # Per token: A.a explains the patch's mean valid spectrum.
-      count = pixel_valid.sum(-1)
-      patch_mean = (res["refl"] * pixel_valid[..., None]).sum(-2) / jnp.maximum(
-          count, 1.0)[..., None]
-      kwargs = dict(lsmm_target=patch_mean,
-                    lsmm_mask=lsmm_tokens * (count > 0))
-    kwargs["mixed"] = res["mixed"]
-  return losses.karma_loss(
-      res["pred"], res["target"], pixel_mask, mean=mean, std=std,
-      weights=(loss_cfg.huber, loss_cfg.sam, loss_cfg.lsmm),
-      huber_delta=loss_cfg.huber_delta,
-      lsmm_sam_weight=loss_cfg.lsmm_sam_weight, **kwargs)
+def objective_settings(config):
+  """Static keyword arguments of `losses.objective` from the config: the
+  term weights (every config.loss field naming a registered term) and the rest."""
+  return dict(weights=losses.term_weights(config.loss),
+              huber_delta=config.loss.huber_delta,
+              lsmm_sam_weight=config.loss.lsmm_sam_weight,
+              lsmm_on_visible=config.lsmm.on_visible)
 
 
 def make_train_step(model, tx, schedule, config, mean, std):
@@ -133,13 +119,13 @@ def make_train_step(model, tx, schedule, config, mean, std):
   std = jnp.asarray(std, jnp.float32)
   mask_ratio = config.model.mask_ratio
   accum = config.train.grad_accum_steps
+  settings = objective_settings(config)
 
   def loss_fn(params, mb):
     res = model_lib.forward(model, params, mb["cube"], mb["valid"],
                             mb["ids_keep"], mb["ids_restore"], mean, std)
-    return loss_terms(res, mb["token_mask"], lsmm=model.lsmm,
-                      loss_cfg=config.loss, lsmm_cfg=config.lsmm, mean=mean,
-                      std=std)
+    return losses.objective(res, mb["token_mask"], mean=mean, std=std,
+                            **settings)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -178,7 +164,7 @@ def make_train_step(model, tx, schedule, config, mean, std):
     metrics["param_norm"] = optax.global_norm(params)
     metrics["lr"] = schedule(state.step)
     metrics["valid_frac"] = valid.mean()
-    # Non-finite updates dropped so far (make_optimizer's apply_if_finite).
+    # Non-finite updates dropped so far (NonfinitePolicy.guard).
     metrics["skipped_steps"] = getattr(opt_state, "total_notfinite", 0)
     return TrainState(step=state.step + 1, params=params,
                       opt_state=opt_state), metrics
@@ -270,19 +256,17 @@ def _train_batches(config, per_process, start, batch_sharding):
 
 
 def _log_line(step, total, scalars, rate):
-  terms = " ".join(f"{k} {scalars[k]:.4f}" for k in ("huber", "sam", "lsmm")
-                   if k in scalars)
+  terms = " ".join(f"{k} {scalars[k]:.4f}" for k in losses.term_names(scalars))
   eta = (total - step) / max(rate, 1e-9)
   return (f"step {step}/{total} | loss {scalars['loss']:.4f} ({terms}) | "
           f"{rate:.2f} steps/s | eta {int(eta) // 60}m{int(eta) % 60:02d}s")
 
 
-_GUARDED = ("huber", "sam", "lsmm", "loss", "grad_norm")
-
-
 def nonfinite_terms(scalars):
-  """Names of the loss terms (and grad norm) that are NaN/inf in `scalars`."""
-  return [k for k in _GUARDED if k in scalars and not np.isfinite(scalars[k])]
+  """Names of the loss terms (from `losses.term_names`), the loss and the grad
+  norm that are NaN/inf in `scalars`."""
+  guarded = losses.term_names(scalars) + ["loss", "grad_norm"]
+  return [k for k in guarded if k in scalars and not np.isfinite(scalars[k])]
 
 
 def check_finite(step_range, scalars):
@@ -295,6 +279,42 @@ def check_finite(step_range, scalars):
         f"Non-finite loss {where}: {', '.join(bad)} = {[scalars[k] for k in bad]}. "
         "The update was not applied and no checkpoint was written after it; lower "
         "optim.lr, check the data, or set train.on_nonfinite='skip'.")
+
+
+class NonfinitePolicy:
+  """What a NaN/inf loss or gradient does (config.train.on_nonfinite), in one place.
+
+  On device, the optimiser never applies such an update: `guard(tx)` wraps it
+  in `optax.apply_if_finite`, which leaves params and moments unchanged and
+  counts the step (`metrics['skipped_steps']`).
+  On the host, the loop passes every step's metrics to `accept` before it logs
+  or saves anything after that step: with 'error' the first bad step raises
+  FloatingPointError (naming steps and terms, no checkpoint past the last good
+  step); with 'skip' it is logged, left out of the averages, and
+  `max_skipped_in_a_row` bad steps in a row raise.
+  """
+
+  def __init__(self, train_cfg):
+    self.skip = train_cfg.on_nonfinite == "skip"
+    self.max_in_a_row = train_cfg.max_skipped_in_a_row
+    self.bad_run = 0  # Consecutive non-finite steps so far.
+
+  @staticmethod
+  def guard(tx, max_in_a_row):
+    """`tx` dropping non-finite updates, up to `max_in_a_row` in a row."""
+    return optax.apply_if_finite(tx, max_in_a_row)
+
+  def accept(self, step, scalars):
+    """True if step's `scalars` are finite (log them); False if the step was
+    skipped; raises FloatingPointError when the policy says stop."""
+    bad = nonfinite_terms(scalars)
+    self.bad_run = self.bad_run + 1 if bad else 0
+    if bad and (not self.skip or self.bad_run >= self.max_in_a_row):
+      check_finite((step - self.bad_run + 1, step), scalars)
+    if bad:
+      logging.warning("Step %d: non-finite %s; update skipped (%d so far).",
+                      step, ", ".join(bad), int(scalars["skipped_steps"]))
+    return not bad
 
 
 class Preempted(Exception):
@@ -336,6 +356,32 @@ class _StopRequests:
   def __exit__(self, *exc):
     for sig, old in self._old.items():
       signal.signal(sig, old)
+
+
+def _periodic_eval(evaluator, params, rng, step, writer):
+  """Held-out evaluation at `step`, logged as eval/<metric> (one row)."""
+  from kgmae_jax import evaluate  # pylint: disable=g-import-not-at-top
+  results = evaluate.scalars(evaluator(params, rng)["metrics"])
+  writer.write(step, {"eval/" + k: v for k, v in results.items()})
+  logging.info("step %d | eval %s", step,
+               " ".join(f"{k} {v:.4f}" for k, v in results.items()))
+
+
+def _closer(resource):
+  """ExitStack callback closing `resource`; after another error, a failure to
+  close is logged instead of hiding that error."""
+
+  def close(exc_type, exc, tb):
+    del exc, tb
+    try:
+      resource.close()
+    except Exception:  # pylint: disable=broad-except
+      if exc_type is None:
+        raise
+      logging.exception("Closing %s after an error failed.",
+                        type(resource).__name__)
+
+  return close
 
 
 def _host_scalars(metrics):
@@ -407,32 +453,39 @@ def _train_and_evaluate(config, workdir):
                num_bands, "on" if model.lsmm else "off")
 
   # Resume from this workdir (newest readable checkpoint), else from scratch.
-  ckpt = ckpt_lib.Checkpointer(workdir, config.ckpt.every_steps, config.ckpt.keep)
-  _check_saved_bands(ckpt, num_bands)
-  restored = ckpt.restore_latest(ckpt_lib.abstract_with_shardings(
-      trainer.abstract_state, trainer.state_shardings))
-  window = []  # Metrics of the steps since the last log row.
-  if restored is not None:
-    start, state, restored_meta = restored
-    window = list(restored_meta.get("log_window", []))  # Exact first row.
-    logging.info("Resumed from step %d in %s.", start, ckpt.directory)
-  else:
-    start = 0
-    if saved is not None:  # No checkpoint was readable: start as a new run.
-      trainer = build_trainer(
-          config, mesh, num_bands, stats["mean"], stats["std"],
-          endmembers=initial_endmembers(config, wavelengths))
-      model = trainer.model
-    state = trainer.init(init_rng)
+  # Everything opened from here to the end of training is closed by `cleanup`
+  # on every exit: done, non-finite loss, failed save, preemption.
+  with contextlib.ExitStack() as cleanup:
+    ckpt = ckpt_lib.Checkpointer(workdir, config.ckpt.every_steps, config.ckpt.keep)
+    cleanup.push(_closer(ckpt))
+    _check_saved_bands(ckpt, num_bands)
+    restored = ckpt.restore_latest(ckpt_lib.abstract_with_shardings(
+        trainer.abstract_state, trainer.state_shardings))
+    window = []  # Metrics of the steps since the last log row.
+    if restored is not None:
+      start, state, restored_meta = restored
+      window = list(restored_meta.get("log_window", []))  # Exact first row.
+      logging.info("Resumed from step %d in %s.", start, ckpt.directory)
+    else:
+      start = 0
+      if saved is not None:  # No checkpoint was readable: start as a new run.
+        trainer = build_trainer(
+            config, mesh, num_bands, stats["mean"], stats["std"],
+            endmembers=initial_endmembers(config, wavelengths))
+        model = trainer.model
+      state = trainer.init(init_rng)
 
-  # Loop.
-  per_process = config.train.batch_size // jax.process_count()
-  batches = _train_batches(config, per_process, start, trainer.batch_sharding)
-  writer = report.MetricWriter(workdir, resume_step=start, enabled=is_main)
-  skip = config.train.on_nonfinite == "skip"
-  unchecked, last_log, t0 = [], start, time.perf_counter()
-  bad_run = 0  # Consecutive non-finite steps.
-  with _StopRequests() as stop:
+    # Loop.
+    per_process = config.train.batch_size // jax.process_count()
+    batches = _train_batches(config, per_process, start, trainer.batch_sharding)
+    writer = report.MetricWriter(workdir, resume_step=start, enabled=is_main)
+    cleanup.push(_closer(writer))
+    nonfinite = NonfinitePolicy(config.train)
+    eval_every = config.evals.every_steps  # Held-out evaluation (0: off).
+    evaluator = evaluate.Evaluator(model, config, stats, meta["class_names"],
+                                   baselines=False) if eval_every else None
+    unchecked, last_log, t0 = [], start, time.perf_counter()
+    stop = cleanup.enter_context(_StopRequests())
     for step in range(start + 1, total + 1):
       batch = sharding.put_batch(next(batches), trainer.batch_sharding)
       state, metrics = trainer.step(state, batch, step_rng)
@@ -442,21 +495,13 @@ def _train_and_evaluate(config, workdir):
       if stop.signum is None and ckpt.preempted(step):  # Agreed by all hosts.
         stop.signum = signal.SIGTERM
       save_now = ckpt.due(step) or step == total or stop.signum is not None
-      if not (log_now or save_now):
+      eval_now = evaluator is not None and step % eval_every == 0
+      if not (log_now or save_now or eval_now):
         continue
       # Every step's metrics are checked before anything is logged or saved.
       for s, m in unchecked:
         m = _host_scalars(m)
-        bad = nonfinite_terms(m)
-        bad_run = bad_run + 1 if bad else 0
-        if bad and (not skip or bad_run >= config.train.max_skipped_in_a_row):
-          ckpt.close()
-          writer.close()
-          check_finite((s - bad_run + 1, s), m)
-        if bad:
-          logging.warning("Step %d: non-finite %s; update skipped (%d so far).",
-                          s, ", ".join(bad), int(m["skipped_steps"]))
-        else:
+        if nonfinite.accept(s, m):
           window.append(m)
       unchecked = []
       if log_now and window:
@@ -467,15 +512,15 @@ def _train_and_evaluate(config, workdir):
         writer.write(step, scalars)
         logging.info(_log_line(step, total, scalars, rate))
         window, last_log, t0 = [], step, time.perf_counter()
+      if eval_now:  # Its time is left out of the next row's steps_per_sec.
+        t_eval = time.perf_counter()
+        _periodic_eval(evaluator, state.params, eval_rng, step, writer)
+        t0 += time.perf_counter() - t_eval
       ckpt.save(step, state, meta | {"log_window": window},
                 force=(step == total or stop.signum is not None))
       if stop.signum is not None and step < total:
-        ckpt.close()
-        writer.close()
         raise Preempted(step, stop.signum, workdir)
-  ckpt.save(total, state, meta, force=True)  # No-op unless resumed at `total`.
-  ckpt.close()
-  writer.close()
+    ckpt.save(total, state, meta, force=True)  # No-op unless resumed at `total`.
 
   # Evaluation, figures, summary.
   summary = evaluate.evaluate(

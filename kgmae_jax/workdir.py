@@ -168,19 +168,13 @@ def check_resume_config(config, saved, saved_step, where):
         f"{saved_step} or use another --workdir.")
   defaults = json.loads(json.dumps(report.jsonable(
       config_lib.base_config().to_dict())))
-  diff = config_diff(saved, new, defaults)
-  if not diff:
-    return
-  if config.train.get("allow_config_change", False):
-    logging.warning("Resuming from step %d in %s with a changed config "
-                    "(train.allow_config_change):\n%s", saved_step, where,
-                    "\n".join(diff))
-    return
-  raise ConfigChangeError(
+  _refuse_or_warn(
+      config, config_diff(saved, new, defaults),
+      f"Resuming from step {saved_step} in {where} with a changed config",
       f"The checkpoint in {where} (step {saved_step}) was trained with another "
-      "config:\n" + "\n".join(diff) + "\nRerun with the checkpoint's values, "
-      "use another --workdir, or set --config.train.allow_config_change=True "
-      "to continue this run with the new values.")
+      "config", "Rerun with the checkpoint's values, use another --workdir, or "
+      "set --config.train.allow_config_change=True to continue this run with "
+      "the new values.")
 
 
 def check_resume_data(meta, saved_meta, config):
@@ -201,13 +195,20 @@ def check_resume_data(meta, saved_meta, config):
           f" in {len(bad)} bands (first: band {bad[0]}: checkpoint "
           f"{a[bad[0]]:.6g} vs now {b[bad[0]]:.6g})" if len(bad) else
           f" in shape: checkpoint {a.shape} vs now {b.shape}"))
+  _refuse_or_warn(
+      config, diff, "Resuming on data that differs from the checkpoint's",
+      "The data differs from the data the checkpoint was trained on",
+      "Point config.data at the original data, use another --workdir, or set "
+      "--config.train.allow_config_change=True.")
+
+
+def _refuse_or_warn(config, diff, warning, error, advice):
+  """Raises ConfigChangeError listing `diff` (lines), or only logs it with
+  `train.allow_config_change`; nothing when `diff` is empty."""
   if not diff:
     return
   if config.train.get("allow_config_change", False):
-    logging.warning("Resuming on data that differs from the checkpoint's "
-                    "(train.allow_config_change):\n%s", "\n".join(diff))
+    logging.warning("%s (train.allow_config_change):\n%s", warning,
+                    "\n".join(diff))
     return
-  raise ConfigChangeError(
-      "The data differs from the data the checkpoint was trained on:\n" +
-      "\n".join(diff) + "\nPoint config.data at the original data, use another "
-      "--workdir, or set --config.train.allow_config_change=True.")
+  raise ConfigChangeError(f"{error}:\n" + "\n".join(diff) + "\n" + advice)

@@ -42,6 +42,7 @@ def test_every_config_loads_and_validates(path):
     ("train.on_nonfinite", "ignore", r"config.train.on_nonfinite: one of"),
     ("train.steps", 0, r"config.train.steps: must be >= 1"),
     ("optim.lr", 0.0, r"config.optim.lr: must be positive"),
+    ("evals.every_steps", -1, r"config.evals.every_steps: must be >= 0"),
 ])
 def test_bad_values_name_the_field(field, value, message):
   config = tiny_config.get()

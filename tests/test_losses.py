@@ -383,3 +383,107 @@ def test_karma_loss_separate_lsmm_target_and_mask():
   expected = (np_mean(np.mean(np_huber(residual, 1.0), -1), token_mask)
               + 0.5 * np_mean(np_angle(mixed, token_target), token_mask))
   np.testing.assert_allclose(aux["lsmm_raw"], expected, rtol=1e-5)
+
+
+# ---- objective ---------------------------------------------------------------------------
+def _old_karma_loss(pred, target, mask, *, mixed, mean, std, weights, huber_delta,
+                    lsmm_sam_weight, lsmm_target, lsmm_mask):
+  """Copy of karma_loss before the objective moved into losses.objective."""
+  p, t, _ = losses._prepare(pred, target, mask)
+  target_r = t * std + mean
+  raw = {"huber": losses.huber_loss(p, t, huber_delta, mask),
+         "sam": losses.sam_loss(p * std + mean, target_r, mask),
+         "lsmm": losses.lsmm_loss(mixed, lsmm_target, lsmm_mask, scale=std, delta=huber_delta,
+                                  sam_weight=lsmm_sam_weight)}
+  aux = {}
+  for (name, value), weight in zip(raw.items(), weights):
+    aux[name] = losses._weighted_term(weight, lambda value=value: value)
+    aux[name + "_raw"] = value
+  aux["total"] = aux["huber"] + aux["sam"] + aux["lsmm"]
+  return aux["total"], aux
+
+
+def _old_loss_terms(res, token_mask, *, on_visible, weights, mean, std):
+  """Copy of train.loss_terms before the objective moved into losses.objective."""
+  pixel_valid = res["pixel_valid"]
+  pixel_mask = token_mask[..., None] * pixel_valid
+  lsmm_tokens = jnp.ones_like(token_mask) if on_visible else token_mask
+  if res["mixed"].ndim == 4:
+    kwargs = dict(lsmm_target=res["refl"], lsmm_mask=lsmm_tokens[..., None] * pixel_valid)
+  else:
+    count = pixel_valid.sum(-1)
+    patch_mean = (res["refl"] * pixel_valid[..., None]).sum(-2) / jnp.maximum(
+        count, 1.0)[..., None]
+    kwargs = dict(lsmm_target=patch_mean, lsmm_mask=lsmm_tokens * (count > 0))
+  return _old_karma_loss(res["pred"], res["target"], pixel_mask, mixed=res["mixed"],
+                         mean=mean, std=std, weights=weights, huber_delta=0.7,
+                         lsmm_sam_weight=0.6, **kwargs)
+
+
+@pytest.mark.parametrize("per_pixel", [True, False])
+@pytest.mark.parametrize("on_visible", [True, False])
+def test_objective_equals_the_former_train_loss_terms(per_pixel, on_visible):
+  n, l, p, b = 3, 4, 9, 5
+  rng = np.random.default_rng(per_pixel + 2 * on_visible)
+  mean = jnp.asarray(rng.uniform(0.1, 0.4, b), jnp.float32)
+  std = jnp.asarray(rng.uniform(0.05, 0.2, b), jnp.float32)
+  refl = rng.uniform(0.0, 0.8, (n, l, p, b)).astype(np.float32)
+  pixel_valid = rng.random((n, l, p)) > 0.2
+  pixel_valid[0, 0] = False  # A token without valid pixels.
+  res = {"pred": jnp.asarray(rng.normal(size=(n, l, p, b)), jnp.float32),
+         "target": jnp.asarray((refl - mean) / std * pixel_valid[..., None]),
+         "refl": jnp.asarray(refl),
+         "pixel_valid": jnp.asarray(pixel_valid, jnp.float32),
+         "mixed": jnp.asarray(rng.uniform(0.0, 0.8, (n, l, p, b) if per_pixel else (n, l, b)),
+                              jnp.float32)}
+  token_mask = jnp.asarray(rng.random((n, l)) > 0.5, jnp.float32)
+  weights = {"huber": 1.0, "sam": 0.8, "lsmm": 0.5}
+
+  def new(pred, mixed):
+    return losses.objective(dict(res, pred=pred, mixed=mixed), token_mask, weights,
+                            mean=mean, std=std, huber_delta=0.7, lsmm_sam_weight=0.6,
+                            lsmm_on_visible=on_visible)
+
+  def old(pred, mixed):
+    return _old_loss_terms(dict(res, pred=pred, mixed=mixed), token_mask,
+                           on_visible=on_visible, weights=tuple(weights.values()),
+                           mean=mean, std=std)
+
+  (v_new, aux_new), g_new = jax.jit(jax.value_and_grad(new, argnums=(0, 1), has_aux=True))(
+      res["pred"], res["mixed"])
+  (v_old, aux_old), g_old = jax.jit(jax.value_and_grad(old, argnums=(0, 1), has_aux=True))(
+      res["pred"], res["mixed"])
+  assert list(aux_new) == list(aux_old)
+  for k in aux_old:
+    np.testing.assert_allclose(aux_new[k], aux_old[k], rtol=1e-6, atol=1e-7, err_msg=k)
+  np.testing.assert_allclose(v_new, v_old, rtol=1e-6)
+  for a, b_ in zip(g_new, g_old):
+    np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-7)
+
+
+def test_objective_without_lsmm_outputs_logs_a_zero_lsmm_term():
+  res = {"pred": jnp.ones((1, 2, 4, 3)), "target": jnp.zeros((1, 2, 4, 3)),
+         "refl": jnp.ones((1, 2, 4, 3)), "pixel_valid": jnp.ones((1, 2, 4))}
+  total, aux = losses.objective(res, jnp.ones((1, 2)), {"huber": 1.0, "sam": 0.0, "lsmm": 0.0},
+                                mean=None, std=None)
+  assert losses.term_names(aux) == ["huber", "sam", "lsmm"]
+  assert float(aux["lsmm_raw"]) == 0.0 and float(total) == float(aux["huber"]) == 0.5
+
+
+def test_registered_term_is_weighted_logged_and_named():
+  losses.register_term("toy", lambda x: jnp.mean(jnp.square(x.outputs["pred"])))
+  try:
+    res = {"pred": jnp.full((1, 2, 4, 3), 2.0), "target": jnp.zeros((1, 2, 4, 3)),
+           "refl": jnp.ones((1, 2, 4, 3)), "pixel_valid": jnp.ones((1, 2, 4))}
+    weights = losses.term_weights({"huber": 1.0, "sam": 0.0, "toy": 0.5, "huber_delta": 1.0})
+    assert weights == {"huber": 1.0, "sam": 0.0, "toy": 0.5}
+    total, aux = losses.objective(res, jnp.ones((1, 2)), weights, mean=None, std=None)
+    assert losses.term_names(aux) == ["huber", "sam", "toy"]
+    assert float(aux["toy_raw"]) == 4.0 and float(aux["toy"]) == 2.0
+    np.testing.assert_allclose(total, aux["huber"] + 2.0)
+  finally:
+    losses.unregister_term("toy")
+  with pytest.raises(ValueError, match="unknown loss terms"):
+    losses.objective(res, jnp.ones((1, 2)), {"toy": 1.0}, mean=None, std=None)
+  with pytest.raises(ValueError, match="reserved"):
+    losses.register_term("loss", lambda x: 0.0)

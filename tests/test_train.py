@@ -161,3 +161,30 @@ def test_pixel_head_recovers_abundances_with_true_endmembers():
   # Measured: pixel 0.039, token 0.237.
   assert pixel < 0.06, pixel
   assert pixel < 0.3 * token, (pixel, token)
+
+
+@pytest.fixture
+def toy_term():
+  """A fourth loss term, registered through losses' public API only."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from kgmae_jax import losses  # pylint: disable=g-import-not-at-top
+  losses.register_term("toy", lambda x: jnp.mean(jnp.square(x.outputs["pred"])))
+  yield
+  losses.unregister_term("toy")
+
+
+def test_a_fourth_loss_term_needs_only_losses_and_the_config(toy_term):
+  from kgmae_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = tiny_config.get()
+  config.loss.toy = 0.25
+  config_lib.validate(config)
+  _, ms = run_steps(config, jax.devices()[:1], steps=2)
+  m = {k: float(v) for k, v in ms[-1].items()}
+  assert m["toy"] == pytest.approx(0.25 * m["toy_raw"]) and m["toy_raw"] > 0
+  np.testing.assert_allclose(
+      m["loss"], m["huber"] + m["sam"] + m["lsmm"] + m["toy"], rtol=1e-5)
+  assert " toy " in train._log_line(2, 10, m, 1.0)
+  assert train.nonfinite_terms(dict(m, toy=float("nan"))) == ["toy"]
+  config.loss.toy = -1.0
+  with pytest.raises(ValueError, match="config.loss.toy: must be >= 0"):
+    config_lib.validate(config)

@@ -334,3 +334,19 @@ def test_first_row_after_a_resume_equals_the_uninterrupted_row(reference, tmp_pa
   monkeypatch.setattr(train, "build_trainer", real)
   train.train_and_evaluate(config, str(tmp_path))
   assert log_rows(tmp_path) == log_rows(ref_dir)
+
+
+def test_periodic_evaluation_is_logged_under_eval_and_leaves_training_alone(
+    reference, tmp_path, no_eval):
+  ref_dir, config, _ = reference
+  config = config_for(config.data.data_dir)
+  config.evals.every_steps = 4
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = log_rows(tmp_path)
+  evals = [r for r in rows if "loss" not in r]
+  assert [r["step"] for r in evals] == [4, 8]
+  for r in evals:
+    for k in ("eval/psnr", "eval/ssim", "eval/sam_deg", "eval/lsmm_psnr"):
+      assert np.isfinite(r[k]), k
+  assert [r for r in rows if "loss" in r] == log_rows(ref_dir)
+  assert list((tmp_path / "tensorboard").iterdir())
