@@ -41,6 +41,12 @@ from kgmae_jax import losses
 from kgmae_jax import patching
 
 
+# Name of the endmember parameter (top level of the params tree): the
+# optimiser gives it its own learning rate, no weight decay, and freezes it
+# with lsmm.learn = False (train.make_optimizer).
+ENDMEMBERS_PARAM = "endmembers_raw"
+
+
 def sincos_2d(grid_hw, dim):
   """Fixed 2-D sin-cos position embedding: (gh*gw, dim), float32 numpy."""
   if dim % 4:
@@ -161,7 +167,7 @@ class KarmaMAE(nn.Module):
       # spectra, (B, M)) is chosen by config: see `endmember_initializer`.
       init = self.endmember_init or smooth_random_init()
       self.endmembers_raw = self.param(
-          "endmembers_raw",
+          ENDMEMBERS_PARAM,
           lambda key, shape: self._to_raw(init(key, shape)), (b, m))
 
   def encode(self, x, ids_keep=None):

@@ -44,11 +44,10 @@ class TrainState:
 
 
 # ----------------------------------------------------------------- optimiser
-ENDMEMBERS = "endmembers_raw"  # The model's endmember parameter (top level).
 
 
 def _is_endmembers(path):
-  return len(path) == 1 and getattr(path[0], "key", None) == ENDMEMBERS
+  return len(path) == 1 and getattr(path[0], "key", None) == model_lib.ENDMEMBERS_PARAM
 
 
 def _decays(path, leaf):
