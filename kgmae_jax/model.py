@@ -163,8 +163,9 @@ class KarmaMAE(nn.Module):
         self.lsmm_spectrum = nn.Dense(self.dec_width // 2, dtype=self.dtype,
                                       name="lsmm_spectrum")
       self.lsmm_out = nn.Dense(out, dtype=self.dtype, name="lsmm_out")
-      # Raw parameter; endmembers = to_reflectance(raw). The init (reflectance
-      # spectra, (B, M)) is chosen by config: see `endmember_initializer`.
+      # Raw parameter; endmembers() maps it to reflectance. The init
+      # (reflectance spectra (B, M)): `endmember_init`, from lsmm.init via
+      # `build`; smooth random spectra when None.
       init = self.endmember_init or smooth_random_init()
       self.endmembers_raw = self.param(
           ENDMEMBERS_PARAM,
@@ -175,13 +176,20 @@ class KarmaMAE(nn.Module):
 
     ids_keep (N, K) selects visible tokens; None keeps all (no masking).
     """
-    n, h, w, b = x.shape
-    if b != self.num_bands:
-      raise ValueError(f"Cube has {b} bands but the model was built for "
-                       f"{self.num_bands} (model.num_bands).")
+    self._check_bands(x)
+    _, h, w, _ = x.shape
     p = self.patch_size
-    grid = (h // p, w // p)
-    patches = patching.patchify(x, p)
+    return self._encode_patches(patching.patchify(x, p), (h // p, w // p),
+                                ids_keep)
+
+  def _check_bands(self, x):
+    if x.shape[-1] != self.num_bands:
+      raise ValueError(f"Cube has {x.shape[-1]} bands but the model was built "
+                       f"for {self.num_bands} (model.num_bands).")
+
+  def _encode_patches(self, patches, grid, ids_keep):
+    """Patches (N, L, p*p*B) of a (gh, gw) grid -> visible embeddings."""
+    n = patches.shape[0]
     pos = jnp.broadcast_to(sincos_2d(grid, self.width), (n,) + patches.shape[1:2]
                            + (self.width,))
     if ids_keep is not None:  # Gather first: only visible patches are embedded.
@@ -205,7 +213,9 @@ class KarmaMAE(nn.Module):
     n, h, w, _ = x.shape
     p = self.patch_size
     grid = (h // p, w // p)
-    y = self.decode(self.encode(x, ids_keep), ids_restore)
+    self._check_bands(x)
+    patches = patching.patchify(x, p)  # Once: encoder input and pixel head.
+    y = self.decode(self._encode_patches(patches, grid, ids_keep), ids_restore)
     y = y + sincos_2d(grid, self.dec_width).astype(y.dtype)
     y = self.decoder(y)
     num_tokens, k = grid[0] * grid[1], ids_keep.shape[1]
@@ -229,7 +239,7 @@ class KarmaMAE(nn.Module):
         visible = ids_restore < k  # (N, L): the first K of the shuffle.
         spectra = jnp.where(
             visible[:, :, None, None],
-            patching.patchify(x, p).reshape(n, num_tokens, p * p, -1),
+            patches.reshape(n, num_tokens, p * p, -1),
             out["pred"].reshape(n, num_tokens, p * p, -1))
         h = (self.lsmm_spectrum(spectra.astype(self.dtype))
              + self.lsmm_hidden(y)[:, :, None, :])

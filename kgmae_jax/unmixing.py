@@ -190,7 +190,7 @@ def spherical_kmeans(pixels, m, seed=0, iters=50):
   x = x[norm[:, 0] > 0]
   if x.ndim != 2 or len(x) < m:
     raise ValueError(f"Need at least {m} non-zero pixels (n, B), got {x.shape}.")
-  unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+  unit = _unit(x)
   rng = np.random.default_rng(seed)
   centres = unit[_kmeans_pp(unit, m, rng)]
   labels = None
@@ -206,8 +206,7 @@ def spherical_kmeans(pixels, m, seed=0, iters=50):
         worst = int(np.argmin(sim.max(axis=1)))
         labels[worst] = k
         members = unit[worst:worst + 1]
-      c = members.sum(axis=0)
-      centres[k] = c / np.linalg.norm(c)
+      centres[k] = _unit(members.sum(axis=0))
   labels = np.argmax(unit @ centres.T, axis=1)
   means = np.stack([x[labels == k].mean(axis=0) if np.any(labels == k)
                     else centres[k] for k in range(m)])
@@ -235,7 +234,7 @@ def kmeans_endmembers(pixels, m, seed=0, restarts=8, score_pixels=1024,
   for r in range(restarts):
     centres, _ = spherical_kmeans(x, m, seed=seed * 1000 + r)
     recon = fcls(probe, centres) @ centres
-    score = np.percentile(spectral_angles(recon, probe), 99)
+    score = np.percentile(spectral_angle(recon, probe), 99)
     if score < best_score:
       best, best_score = centres, score
   if purify_frac > 0:
@@ -262,22 +261,3 @@ def purify(pixels, endmembers, frac=0.02, iters=10):
       break
     e = new
   return e
-
-
-def spectral_angles(a, b):
-  """Row-wise angles (radians) between a and b, both (n, B): (n,), float64."""
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  num = np.sum(a * b, axis=-1)
-  den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-  return np.arccos(np.clip(num / np.maximum(den, 1e-12), -1.0, 1.0))
-
-
-def smooth_random_spectra(rng, num_bands, m, lo=0.05, hi=0.6, knots=8):
-  """m random spectra (m, B), smooth across bands: values drawn U(lo, hi) at
-  `knots` evenly spaced bands and linearly interpolated between them."""
-  knots = max(2, min(knots, num_bands))
-  at = np.linspace(0, num_bands - 1, knots)
-  values = rng.uniform(lo, hi, (m, knots))
-  grid = np.arange(num_bands)
-  return np.stack([np.interp(grid, at, v) for v in values])

@@ -116,12 +116,3 @@ def test_purify_moves_inner_points_to_the_vertices():
   before = unmixing.match_endmembers(inner, ems)[2].max()
   after = unmixing.match_endmembers(unmixing.purify(x, inner), ems)[2].max()
   assert after < 0.1 * before and np.degrees(after) < 1
-
-
-def test_smooth_random_spectra_are_smooth():
-  rng = np.random.default_rng(0)
-  s = unmixing.smooth_random_spectra(rng, 200, 4)
-  white = rng.uniform(0.05, 0.6, (4, 200))
-  rough = lambda x: np.abs(np.diff(x, 2, axis=1)).mean()
-  assert s.shape == (4, 200) and s.min() >= 0.05 and s.max() <= 0.6
-  assert rough(s) < 0.02 * rough(white)
