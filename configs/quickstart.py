@@ -23,7 +23,7 @@ def get_config(arg=None):
 
   config_lib.model_preset(c, "tiny")  # Patch 4: 64 tokens per 32x32 tile.
 
-  c.lsmm.num_endmembers = 6  # The benchmark's true number of materials.
+  c.lsmm.num_endmembers = 10  # The benchmark's true number of materials.
   c.lsmm.per_pixel = True  # Per-pixel abundance maps for the figures.
 
   c.optim.lr = 2e-3

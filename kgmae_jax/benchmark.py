@@ -1,36 +1,57 @@
 r"""The embedded benchmark: semi-synthetic EnMAP tiles with known unmixing.
 
 The spectra are real (earthlib and USGS splib07 library spectra resampled to
-the 218 kept EnMAP bands, see ``spectra.py``); the spatial arrangement, mixing
-and noise are synthetic. No scene here was ever imaged by EnMAP.
+the 218 kept EnMAP bands, see ``spectra.py``); the spatial arrangement, mixing,
+illumination and noise are synthetic. No scene here was ever imaged by EnMAP.
 
+Generator 2.0.0 (1.0.0 had six coarse classes, no illumination and additive
+noise at SNR 150/80). The design was fixed before any model was trained on it.
 Each tile of T x T pixels is generated with numpy from
 ``np.random.default_rng([seed, split_id, index])``:
+  * Materials (``spectra.CLASS_NAMES``, M = 10): fine-grained classes within
+    cover types, as the paper's crop types are: four crop types (PROSAIL
+    canopies split by leaf area index and chlorophyll, whose spectra overlap,
+    4-6 degrees apart on average), soil, npv, roof and pavement (1.8 degrees
+    apart: they differ mostly in brightness), water and mineral.
   * Layout: a Voronoi partition into parcels ("fields"), drawn 4x finer than
     the pixel grid. A tile holds a town with probability 0.4: parcels seeded
-    inside it are mostly impervious. Up to two straight roads (impervious,
-    0.3-1.5 px wide) cross the tile. Parcel classes elsewhere are mostly soil,
-    vegetation and npv; water and mineral are rarer.
+    inside it are mostly roofs and pavement. Up to two straight roads
+    (pavement, 0.3-1.5 px wide) cross the tile. Parcel classes elsewhere are
+    mostly crops, soil and npv; water and mineral are rarer.
   * Abundances ``a`` (T, T, M): a parcel is pure (35 %) or its dominant class
     plus 3-30 % of one or two others (Dirichlet). Averaging the fine grid over
     each pixel gives area fractions, so parcel edges and roads are mixed
     pixels. Each pixel is then jittered as ``a <- Gamma(50 a)``, renormalised,
-    which leaves pure pixels pure.
-  * Spectra: class k draws ``endmembers[k]`` and ``variants[k]`` (M, B) from
-    its region's pool; ``variability`` t (T, T, M) in [0, 0.5] is a bilinear
-    upsampling of a coarse uniform grid, one smooth field per class.
+    which leaves pure pixels pure. ``labels`` is the dominant material.
+  * Within-class variability (Somers et al. 2011, Remote Sens. Environ. 115,
+    1603-1616: endmember variability is the main error source of unmixing):
+    class k draws ``endmembers[k]`` and ``variants[k]`` (M, B) from its
+    region's pool in every tile (another field, another canopy, another
+    roof); ``variability`` t (T, T, M) in [0, 0.5] is a bilinear upsampling
+    of a coarse uniform grid, one smooth field per class, blending the two.
+  * Illumination (topographic shading, the multiplicative variability the
+    spectral angle ignores): a smooth random terrain (relief up to 150 m over
+    240 m, 30 m pixels) lit by a sun at zenith 20-60 degrees and a random
+    azimuth gives each pixel a factor ``illumination`` s (T, T) of a
+    Lambertian surface (Teillet, Guindon & Goodenough 1982, Can. J. Remote
+    Sens. 8, 84-106, the cosine model) plus skylight:
+    s = (1 - d) max(cos i, 0) / cos(zenith) + d, with d = 0.15 diffuse.
+  * Noise at EnMAP's SNR (Guanter et al. 2015, Remote Sens. 7, 8830-8857:
+    > 400 at 495 nm in the VNIR, > 180 at 2200 nm in the SWIR, for a 30 %
+    albedo reference), half photon noise (grows with the signal), half
+    signal-independent.
   * Model (float64, from the stored float32 arrays)::
 
         clean[x] = sum_k a_k[x] ((1 - t_k[x]) endmembers[k]
                                  + t_k[x] variants[k])
-        cube[x] = clean[x] + noise_std * eps[x],  eps ~ N(0, 1) per band
-        noise_std[b] = mean(clean) / snr[b]
+        cube[x] = s[x] clean[x] + sigma[x] * eps[x],  eps ~ N(0, 1)
+        sigma[x, b] = noise_std[b] sqrt(0.5 + 0.5 max(s[x] clean[x, b], 0) / 0.3)
+        noise_std[b] = 0.3 / snr[b]
         snr[b] = (snr_vnir if lambda_b < 1000 nm else snr_swir)
                  * prod_{c in 1400, 1900 nm} (1 - 0.5 g((lambda_b - c) / 50 nm))
 
-    with g(z) = exp(-z^2 / 2) and mean(clean) over all pixels and bands of the
-    tile; the product lowers the SNR next to the water-vapour absorptions.
-    Nothing is clipped: reflectance can go slightly negative through noise.
+    with g(z) = exp(-z^2 / 2); the product lowers the SNR next to the
+    water-vapour absorptions. Nothing is clipped.
 
 Splits: ``train`` and ``test`` (held out) draw from region A's pools, ``test_b``
 from region B's. Written as array_record and read back without TensorFlow.
@@ -51,10 +72,18 @@ SPLITS = {'train': (0, 'A'), 'test': (1, 'A'), 'test_b': (2, 'B')}  # id, region
 _SPLIT_SIZES = {'train': 'num_train', 'test': 'num_test', 'test_b': 'num_test_b'}
 _SUPERSAMPLE = 4
 _PARCEL_AREA = 150.0  # Mean parcel area in pixels.
-# Class frequencies (CLASS_NAMES order) of parcels in fields and in towns.
-_FIELD_FREQ = np.array([0.30, 0.32, 0.22, 0.04, 0.06, 0.06])
-_TOWN_FREQ = np.array([0.10, 0.15, 0.05, 0.70, 0.0, 0.0])
-_IMPERVIOUS = spectra.CLASS_NAMES.index('impervious')
+# Class frequencies (CLASS_NAMES order: soil, four crops, npv, roof,
+# pavement, water, mineral) of parcels in fields and in towns.
+_FIELD_FREQ = np.array([0.22, 0.11, 0.11, 0.11, 0.11, 0.14, 0.02, 0.04, 0.07,
+                        0.07])
+_TOWN_FREQ = np.array([0.08, 0.03, 0.03, 0.03, 0.03, 0.05, 0.45, 0.30, 0.0,
+                       0.0])
+_ROAD = spectra.CLASS_NAMES.index('pavement')
+_REFERENCE_REFLECTANCE = 0.3  # EnMAP's SNR is specified at 30 % albedo.
+_PIXEL_M = 30.0  # EnMAP ground sampling distance.
+_MAX_RELIEF_M = 150.0  # Terrain relief between coarse grid nodes (8 px).
+_SUN_ZENITH_DEG = (20.0, 60.0)
+_DIFFUSE = 0.15  # Skylight fraction: shaded slopes are not black.
 _WATER_VAPOUR_NM = (1400.0, 1900.0)
 _SHARD_BYTES = 128 * 2**20  # Tiles per shard: about this much data.
 
@@ -67,8 +96,8 @@ class BenchmarkConfig(tfds.core.BuilderConfig):
   num_train: int = 1024  # Tiles, region A.
   num_test: int = 64  # Held-out tiles, region A.
   num_test_b: int = 64  # Tiles, region B.
-  snr_vnir: float = 150.0  # Below 1000 nm.
-  snr_swir: float = 80.0  # From 1000 nm.
+  snr_vnir: float = 400.0  # Below 1000 nm (EnMAP: > 400 at 495 nm).
+  snr_swir: float = 180.0  # From 1000 nm (EnMAP: > 180 at 2200 nm).
   seed: int = 0
 
   def __post_init__(self):
@@ -101,6 +130,14 @@ def clean_cube(abundances, endmembers, variants, variability) -> np.ndarray:
           + np.einsum('hwk,kb->hwb', a * t, np.asarray(variants, float)))
 
 
+def observed_signal(tile) -> np.ndarray:
+  """(T, T, B) float64 noise-free observed reflectance s * clean of a tile's
+  stored arrays."""
+  clean = clean_cube(tile['abundances'], tile['endmembers'], tile['variants'],
+                     tile['variability'])
+  return np.asarray(tile['illumination'], np.float64)[..., None] * clean
+
+
 def _layout(rng, size: int) -> np.ndarray:
   """(T, T, M) area fractions of parcels and roads, before jitter."""
   fine = size * _SUPERSAMPLE
@@ -128,7 +165,7 @@ def _layout(rng, size: int) -> np.ndarray:
     point, angle = rng.uniform(0, size, 2), rng.uniform(0, np.pi)
     off = (yy - point[0]) * np.cos(angle) - (xx - point[1]) * np.sin(angle)
     road = np.abs(off) < rng.uniform(0.3, 1.5) / 2
-    fine_a[road] = np.eye(M_TRUE)[_IMPERVIOUS]
+    fine_a[road] = np.eye(M_TRUE)[_ROAD]
   return fine_a.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE,
                         M_TRUE).mean(axis=(1, 3))
 
@@ -141,6 +178,29 @@ def _smooth_field(rng, size: int, num: int, high: float) -> np.ndarray:
                 axis=1)  # (T, coarse) interpolation matrix.
   grid = rng.uniform(0, high, (num, coarse, coarse))
   return np.einsum('ia,kab,jb->ijk', up, grid, up)
+
+
+def illumination(rng, size: int) -> np.ndarray:
+  """(T, T) Lambertian illumination factor of a smooth random terrain under
+  a random sun (module docstring)."""
+  relief = rng.uniform(0.0, _MAX_RELIEF_M)
+  z = _smooth_field(rng, size, 1, relief)[..., 0]  # Elevation, m.
+  dz_dy, dz_dx = np.gradient(z, _PIXEL_M)
+  zenith = np.radians(rng.uniform(*_SUN_ZENITH_DEG))
+  azimuth = rng.uniform(0.0, 2.0 * np.pi)
+  sun = np.array([np.sin(zenith) * np.cos(azimuth),
+                  np.sin(zenith) * np.sin(azimuth), np.cos(zenith)])
+  normal = np.stack([-dz_dx, -dz_dy, np.ones_like(z)], axis=-1)
+  cos_i = normal @ sun / np.linalg.norm(normal, axis=-1)
+  return ((1.0 - _DIFFUSE) * np.maximum(cos_i, 0.0) / np.cos(zenith)
+          + _DIFFUSE)
+
+
+def noise_sigma(signal, noise_std) -> np.ndarray:
+  """(..., B) noise standard deviation at observed reflectance `signal`
+  (..., B), given the (B,) `noise_std` at the reference reflectance."""
+  r = np.maximum(np.asarray(signal, np.float64), 0.0) / _REFERENCE_REFLECTANCE
+  return np.asarray(noise_std, np.float64) * np.sqrt(0.5 + 0.5 * r)
 
 
 def generate_tile(rng, pools: dict[str, np.ndarray], size: int,
@@ -156,7 +216,8 @@ def generate_tile(rng, pools: dict[str, np.ndarray], size: int,
   Returns:
     Dict of float32 ``cube`` (T, T, B), ``abundances`` (T, T, M),
     ``endmembers`` and ``variants`` (M, B), ``variability`` (T, T, M),
-    ``noise_std`` (B,), and int32 ``labels`` (T, T).
+    ``illumination`` (T, T), ``noise_std`` (B,) (at reflectance 0.3), and
+    int32 ``labels`` (T, T).
   """
   a = _layout(rng, size)
   a = rng.gamma(50.0 * a)  # Shape 0 gives 0: pure pixels stay pure.
@@ -170,12 +231,12 @@ def generate_tile(rng, pools: dict[str, np.ndarray], size: int,
       'variants': variants.astype(np.float32),
       'variability': _smooth_field(rng, size, M_TRUE, 0.5).astype(np.float32),
   }
-  clean = clean_cube(out['abundances'], out['endmembers'], out['variants'],
-                     out['variability'])
-  noise_std = clean.mean() / snr
-  noise = rng.standard_normal(clean.shape, dtype=np.float32)
-  out['cube'] = (clean + noise_std * noise).astype(np.float32)
-  out['noise_std'] = noise_std.astype(np.float32)
+  out['illumination'] = illumination(rng, size).astype(np.float32)
+  out['noise_std'] = (_REFERENCE_REFLECTANCE / snr).astype(np.float32)
+  signal = observed_signal(out)
+  noise = rng.standard_normal(signal.shape, dtype=np.float32)
+  out['cube'] = (signal + noise_sigma(signal, out['noise_std'])
+                 * noise).astype(np.float32)
   out['labels'] = np.argmax(a, axis=-1).astype(np.int32)
   return out
 
@@ -184,8 +245,12 @@ class BenchmarkBuilder(dataset.DataSet):
   """TFDS builder of the embedded benchmark (see the module docstring)."""
 
   name = 'kgmae_benchmark'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First release: six cover classes.',
+      '2.0.0': 'Ten fine-grained materials (crop types, roof/pavement), '
+               'topographic illumination, EnMAP SNR with photon noise.',
+  }
   BUILDER_CONFIGS = [
       BenchmarkConfig(),
       BenchmarkConfig(tile_size=32, num_train=256, num_test=32, num_test_b=32),
@@ -217,6 +282,7 @@ class BenchmarkBuilder(dataset.DataSet):
             'endmembers': tensor((m, b)),
             'variants': tensor((m, b)),
             'variability': tensor((t, t, m)),
+            'illumination': tensor((t, t)),
             'noise_std': tensor((b,)),
             'labels': tensor((t, t), np.int32),
             'region': tfds.features.Scalar(dtype=np.int32),
@@ -230,7 +296,7 @@ class BenchmarkBuilder(dataset.DataSet):
     build is ~4 GB; see dataset.py on why shards)."""
     del dl_manager  # Nothing to download.
     c = self.builder_config
-    tile_bytes = 4 * c.tile_size**2 * (enmap.NUM_BANDS + 3 * M_TRUE + 1)
+    tile_bytes = 4 * c.tile_size**2 * (enmap.NUM_BANDS + 2 * M_TRUE + 2)
     per_shard = max(1, _SHARD_BYTES // tile_bytes)
     counts = {s: getattr(c, f) for s, f in _SPLIT_SIZES.items()}
     return {s: [functools.partial(self._generate_examples, s, i,

@@ -80,6 +80,10 @@ class Checkpointer:
   def latest_step(self):
     return self.manager.latest_step()
 
+  def all_steps(self):
+    """Sorted steps of the checkpoints on disk."""
+    return sorted(self.manager.all_steps())
+
   def due(self, step):
     return step % self.every_steps == 0
 

@@ -277,7 +277,10 @@ def tables_group():
   """The `tables` group of configs/paper_tables.py (read by tables.py)."""
   t = ml_collections.ConfigDict()
   t.seeds = (0, 1, 2)  # Every run is repeated for each seed (init, masking, order).
-  t.m_true = 6  # True number of materials; ablations use M_true - 2, M_true + 4.
+  t.m_true = 10  # True number of materials; ablations use M_true - 2, M_true + 4.
+  t.runs = ()  # Pretraining runs (tables.runs() names); (): all of them.
+  t.curve_points = 0  # > 0: learning curves of mae and karma at this many
+  #   evenly spaced checkpoints (held-out eval + linear probe at each).
   t.vca_pixels = 4096  # Held-out pixels sampled for VCA's endmember search.
   t.compilation_cache = True  # Persistent XLA cache in workdir/jax_cache.
   t.downstream = ml_collections.ConfigDict()

@@ -1,8 +1,11 @@
 """Frozen-encoder downstream evaluation: per-pixel classification of class maps.
 
 The pretrained encoder (no masking) turns each tile into token features
-(N, L, D); only a light head on top is trained, with optax, on the benchmark's
-`labels` map (N, H, W):
+(N, gh, gw, D) (`encoder_features`); the floor every encoder must beat uses the
+standardised raw spectra of the patch's pixels instead (`raw_features`,
+D = p*p*B, so a linear head on it is a linear classifier of the spectra). Only
+a light head on top is trained, with optax, on the benchmark's `labels` map
+(N, H, W):
   linear  one Dense per token to p*p*C logits, i.e. one logit per class for
           every pixel of the patch;
   conv    3x3 conv (width `conv_width`) over the token grid, GELU, then the
@@ -57,15 +60,37 @@ def features(model, params, cube, valid, mean, std):
   return jax.lax.stop_gradient(tokens.reshape(n, h // p, w // p, -1))
 
 
-def split_features(model, params, stats, data_cfg, split, batch_size,
-                   max_tiles=None):
-  """(features (N, gh, gw, D), labels (N, H, W) int32, valid (N, H, W)) of a split."""
-  feats, labels, valid = [], [], []
+@functools.partial(jax.jit, static_argnames="patch_size")
+def raw_features(cube, valid, mean, std, patch_size):
+  """Standardised spectra of each patch's pixels (N, gh, gw, p*p*B) of a cube
+  (N, H, W, B): the input the encoder sees, with no encoder."""
+  n, h, w, _ = cube.shape
+  x = model_lib.standardise(cube, valid, mean, std)
+  return patching.patchify(x, patch_size).reshape(
+      n, h // patch_size, w // patch_size, -1)
+
+
+def encoder_featurizer(model, params, stats):
+  """(cube, valid) -> frozen encoder features (N, gh, gw, D)."""
   mean = jnp.asarray(stats["mean"], jnp.float32)
   std = jnp.asarray(stats["std"], jnp.float32)
+  return lambda cube, valid: features(model, params, cube, valid, mean, std)
+
+
+def raw_featurizer(patch_size, stats):
+  """(cube, valid) -> standardised raw spectra per patch (N, gh, gw, p*p*B)."""
+  mean = jnp.asarray(stats["mean"], jnp.float32)
+  std = jnp.asarray(stats["std"], jnp.float32)
+  return lambda cube, valid: raw_features(cube, valid, mean, std, patch_size)
+
+
+def split_features(featurize, data_cfg, split, batch_size, max_tiles=None):
+  """(features (N, gh, gw, D), labels (N, H, W) int32, valid (N, H, W)) of a
+  split; `featurize(cube, valid)` is `encoder_featurizer` or `raw_featurizer`."""
+  feats, labels, valid = [], [], []
   for batch in data.eval_batches(data_cfg, split, batch_size, max_tiles):
-    feats.append(np.asarray(features(model, params, jnp.asarray(batch["cube"]),
-                                     jnp.asarray(batch["valid"]), mean, std)))
+    feats.append(np.asarray(featurize(jnp.asarray(batch["cube"]),
+                                      jnp.asarray(batch["valid"]))))
     labels.append(batch["labels"].astype(np.int32))
     valid.append(batch["valid"])
   return np.concatenate(feats), np.concatenate(labels), np.concatenate(valid)
@@ -149,26 +174,28 @@ def label_subsets(num_tiles, fractions, seed):
   return {f: np.sort(order[:max(1, int(round(f * num_tiles)))]) for f in fractions}
 
 
-def evaluate(model, params, config, stats, class_names, seed):
-  """Frozen-encoder classification for every head and label fraction of
-  `config.tables.downstream` (heads, label_fractions, steps, lr, ...).
+def evaluate(featurize, patch_size, config, class_names, seed,
+             splits=("test", "test_b")):
+  """Frozen-feature classification for every head and label fraction of
+  `config.tables.downstream` (heads, label_fractions, steps, lr, ...);
+  `featurize` as in `split_features`.
 
-  Heads train on region A's `train` tiles and are scored on `test` (region A,
-  held out) and `test_b` (region B). Returns
-  {head: {str(fraction): {'test': metrics, 'test_b': metrics}}}.
+  Heads train on region A's `train` tiles and are scored on `splits` (`test`:
+  region A, held out; `test_b`: region B). Returns
+  {head: {str(fraction): {split: metrics}}}.
   """
   dc = config.tables.downstream
   bs = config.evals.batch_size
-  train = split_features(model, params, stats, config.data, "train", bs,
+  train = split_features(featurize, config.data, "train", bs,
                          dc.num_train_tiles if dc.num_train_tiles > 0 else None)
   num_eval = config.evals.num_tiles if config.evals.num_tiles > 0 else None
-  evals = {s: split_features(model, params, stats, config.data, s, bs, num_eval)
-           for s in ("test", "test_b")}
+  evals = {s: split_features(featurize, config.data, s, bs, num_eval)
+           for s in splits}
   subsets = label_subsets(len(train[0]), dc.label_fractions, seed)
   results = {}
   for name in dc.heads:
     width = {"linear": 0, "conv": dc.conv_width}[name]
-    head = PixelHead(len(class_names), model.patch_size, width)
+    head = PixelHead(len(class_names), patch_size, width)
     results[name] = {}
     for frac, idx in subsets.items():
       hp = train_head(head, *(a[idx] for a in train), steps=dc.steps, lr=dc.lr,

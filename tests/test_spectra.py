@@ -94,6 +94,15 @@ def test_material_pools():
     assert pool.spectra.shape[1] == 218, name
     assert len(pool.names) == len(pool.lat) == len(pool.spectra), name
   assert len(pools['water'].spectra) == 3
+  # Crop types: PROSAIL canopies split by LAI and chlorophyll, all used once.
+  crops = [n for n in spectra.CLASS_NAMES if n.startswith('crop_')]
+  assert sum(len(pools[n].spectra) for n in crops) == 2000
+  for name in crops:
+    traits = spectra.canopy_traits(pools[name].names)
+    dense, green = spectra._CROPS[name]
+    assert ((traits['LAI'] >= 4.0) == dense).all(), name
+    assert ((traits['CHL'] >= 35.0) == green).all(), name
+  assert not set(pools['roof'].names) & set(pools['pavement'].names)
   assert 'calcite_abundant' in pools['mineral'].names
   assert not np.isin(['water', 'snow_melting', 'dry_veg_grass'],
                      pools['mineral'].names).any()
