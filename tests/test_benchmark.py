@@ -46,10 +46,24 @@ def test_build_and_read_without_tensorflow(tiles):
   assert [x['tile_id'] for x in tiles['test_b']] == [0, 1, 2]
 
 
-def test_generator_version_is_2():
-  # Builds of generator 1.0.0 (six classes, no illumination) live under
-  # another version directory and are never read as 2.0.0.
+def test_a_generator_1_build_is_never_read_as_2(tmp_path, monkeypatch):
+  """A data dir holding a 1.0.0 build (another generator) gets a fresh 2.0.0
+  build beside it; the old tiles are never served."""
   assert str(benchmark.BenchmarkBuilder.VERSION) == '2.0.0'
+  params = dict(tile_size=8, num_train=2, num_test=1, num_test_b=1)
+  real = benchmark.generate_tile
+  with monkeypatch.context() as m:
+    m.setattr(benchmark.BenchmarkBuilder, 'VERSION', tfds.core.Version('1.0.0'))
+    m.setattr(benchmark, 'generate_tile', lambda *a, **k: dict(
+        real(*a, **k), cube=np.zeros((8, 8, enmap.NUM_BANDS), np.float32)))
+    old = _build(tmp_path, **params)
+  assert not old['train'][0]['cube'].any()
+  new = _build(tmp_path, **params)
+  fresh = benchmark.BenchmarkBuilder(
+      config=benchmark.make_config(**params))._tile('train', 0)
+  np.testing.assert_array_equal(new['train'][0]['cube'], fresh['cube'])
+  versions = sorted(p.name for p in tmp_path.glob('kgmae_benchmark/*/*.0.0'))
+  assert versions == ['1.0.0', '2.0.0']
 
 
 def test_config_names_encode_parameters():
