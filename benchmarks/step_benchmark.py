@@ -68,6 +68,9 @@ PRESETS = {
                  mask_ratio=0.75, endmembers=4, batch_sizes="4,8", steps=3,
                  warmup=1, pipeline_tiles=256),
 }
+# --cost rows: KARMA (the default pixel abundance head), KARMA with the
+# paper's token head (configs/karma_enmap.py:paper), the MAE baseline.
+COST_MODELS = ("karma", "karma_token", "mae")
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # Dense, SXM.
 
 
@@ -269,6 +272,83 @@ def measure_inputs(c, handles, karma_row, args):
   return out
 
 
+def _xla_cost(compiled):
+  """(flops, bytes accessed) of a compiled function from XLA's cost_analysis()."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older jax: one dict per computation.
+    cost = cost[0] if cost else {}
+  cost = cost or {}
+  return (float(cost.get("flops", float("nan"))),
+          float(cost.get("bytes accessed", float("nan"))))
+
+
+def compiled_step_cost(c, bands, batch, mesh):
+  """XLA's (flops, bytes) of the real train step for config `c` at `batch`,
+  compiled from abstract shapes (nothing is allocated or run)."""
+  c = c.copy_and_resolve_references()
+  c.train.batch_size = batch
+  mean = np.full(bands, 0.3, np.float32)
+  std = np.full(bands, 0.15, np.float32)
+  trainer = train.build_trainer(c, mesh, bands, mean, std)
+  tile = c.data.tile_size
+  batch_spec = {
+      "cube": jax.ShapeDtypeStruct((batch, tile, tile, bands), np.float32,
+                                   sharding=trainer.batch_sharding),
+      "valid": jax.ShapeDtypeStruct((batch, tile, tile), np.bool_,
+                                    sharding=trainer.batch_sharding)}
+  state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      trainer.abstract_state, trainer.state_shardings)
+  rng = jax.eval_shape(lambda: jax.random.key(0))
+  compiled = trainer.step.lower(state, batch_spec, rng).compile()
+  return _xla_cost(compiled)
+
+
+def cost_table(preset_name, dtype, attention, batches=(2, 4)):
+  """Per-image GFLOP and GB accessed of the compiled step, KARMA and MAE:
+  (cost(b2) - cost(b1)) / (b2 - b1), which leaves out the per-step work that
+  does not scale with the batch (the optimiser)."""
+  preset = PRESETS[preset_name]
+  mesh = sharding.make_mesh(config_lib.base_config().mesh,
+                            devices=jax.devices()[:1])
+  rows = []
+  for name in COST_MODELS:
+    c = make_config(preset, lsmm=(name != "mae"), batch_size=batches[0],
+                    dtype=dtype, attention=attention, remat=False, grad_accum=1)
+    if name == "karma_token":
+      c.lsmm.head, c.lsmm.per_pixel = "token", False  # karma_enmap.py:paper's head.
+    lo, hi = (compiled_step_cost(c, preset["bands"], b, mesh) for b in batches)
+    per = [(h - l) / (batches[1] - batches[0]) for l, h in zip(lo, hi)]
+    rows.append(dict(model=name, gflop_per_image=per[0] / 1e9,
+                     gb_per_image=per[1] / 1e9, step_gflop=hi[0] / 1e9,
+                     step_gb=hi[1] / 1e9))
+  karma, mae = rows[0], rows[-1]
+  pixel_mb = preset["tile"] ** 2 * preset["bands"] * 4 / 1e6
+  lines = [
+      f"Compiled train step, preset {preset_name} "
+      f"({preset['tile']}x{preset['tile']}x{preset['bands']}, patch "
+      f"{preset['patch']}, enc {preset['depth']}x{preset['width']}, dec "
+      f"{preset['dec_depth']}x{preset['dec_width']}, mask "
+      f"{preset['mask_ratio']}, M={preset['endmembers']}), {dtype}, "
+      f"attention {attention}; XLA cost_analysis() per extra image "
+      f"(b{batches[1]} - b{batches[0]}) / {batches[1] - batches[0]}, "
+      f"{jax.devices()[0].platform}, jax {jax.__version__}, git "
+      f"{report.git_revision()}",
+      "",
+      "| model | GFLOP / image | GB accessed / image | image's pixels moved (x "
+      f"{pixel_mb:.1f} MB f32) |",
+      "|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['model']} | {r['gflop_per_image']:.1f} "
+                 f"| {r['gb_per_image']:.2f} "
+                 f"| {r['gb_per_image'] * 1e3 / pixel_mb:.0f} |")
+  lines.append("")
+  for r in rows[:-1]:
+    lines.append(f"{r['model']} / mae: FLOPs {r['gflop_per_image'] / mae['gflop_per_image']:.3f}, "
+                 f"bytes {r['gb_per_image'] / mae['gb_per_image']:.3f}")
+  return "\n".join(lines) + "\n", rows
+
+
 def _fmt(x, spec):
   return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
 
@@ -334,9 +414,20 @@ def run(argv=None):
   ap.add_argument("--data_dir", default="", help="benchmark build dir ('' -> $KGMAE_DATA_DIR)")
   ap.add_argument("--peak_tflops", type=float, default=None)
   ap.add_argument("--out", default=None, help="directory for benchmark.md/.json")
+  ap.add_argument("--cost", action="store_true",
+                  help="only compile (no device time): XLA GFLOP and bytes "
+                       "accessed per image of the step, KARMA and MAE")
   ap.add_argument("--profile_dir", default=None,
                   help="jax.profiler trace of 3 KARMA steps (first batch size)")
   args = ap.parse_args(argv)
+  if args.cost:
+    table, rows = cost_table(args.preset, args.dtype, args.attention)
+    print(table)
+    if args.out:
+      out = pathlib.Path(args.out)
+      out.mkdir(parents=True, exist_ok=True)
+      (out / "cost.md").write_text(table)
+    return {"cost": rows}
   preset = PRESETS[args.preset]
   args.steps = preset["steps"] if args.steps is None else args.steps
   args.warmup = preset["warmup"] if args.warmup is None else args.warmup

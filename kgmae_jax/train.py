@@ -116,15 +116,31 @@ def make_train_step(model, tx, schedule, config, mean, std):
   """
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
-  mask_ratio = config.model.mask_ratio
   accum = config.train.grad_accum_steps
+  mask_ratio = config.model.mask_ratio
   settings = objective_settings(config)
 
+  on_visible = settings.pop("lsmm_on_visible")
+
   def loss_fn(params, mb):
-    res = model_lib.forward(model, params, mb["cube"], mb["valid"],
-                            mb["ids_keep"], mb["ids_restore"], mean, std)
-    return losses.objective(res, mb["token_mask"], mean=mean, std=std,
-                            **settings)
+    keep = patching.num_visible(mb["ids_shuffle"].shape[1], mask_ratio)
+    res = model_lib.train_forward(model, params, mb["cube"], mb["valid"],
+                                  mb["ids_shuffle"], mb["ids_restore"], keep,
+                                  mean, std)
+    lsmm = {}
+    if model.lsmm:
+      first = 0 if on_visible else keep  # Tokens the LSMM term covers.
+      refl, ok, ab = res["refl"][:, first:], res["valid"][:, first:], res["abundances"][:, first:]
+      if ab.ndim == 3:  # Per token: A.a explains the patch's mean valid spectrum.
+        count = ok.sum(-1)
+        refl = jnp.where(ok[..., None] > 0, refl, 0.0).sum(-2) / jnp.maximum(
+            count, 1.0)[..., None]
+        ok = (count > 0).astype(jnp.float32)
+      lsmm = dict(abundances=ab, endmembers=res["endmembers"], lsmm_target=refl,
+                  lsmm_mask=ok)
+    return losses.fused_objective(res["pred"], res["target"], res["mask"],
+                                  mean=mean, std=std, outputs=res, **lsmm,
+                                  **settings)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -133,10 +149,9 @@ def make_train_step(model, tx, schedule, config, mean, std):
     cube, valid = batch["cube"], batch["valid"]
     n, h, w, _ = cube.shape
     num_tokens = (h // model.patch_size) * (w // model.patch_size)
-    ids_keep, ids_restore, token_mask = patching.random_masking(
-        rng, n, num_tokens, mask_ratio)
-    full = dict(cube=cube, valid=valid, ids_keep=ids_keep,
-                ids_restore=ids_restore, token_mask=token_mask)
+    ids_shuffle, ids_restore = patching.random_shuffle(rng, n, num_tokens)
+    full = dict(cube=cube, valid=valid, ids_shuffle=ids_shuffle,
+                ids_restore=ids_restore)
     if accum == 1:
       (total, aux), grads = grad_fn(state.params, full)
     else:
