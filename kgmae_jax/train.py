@@ -174,8 +174,9 @@ def make_train_step(model, tx, schedule, config, mean, std):
     params = optax.apply_updates(state.params, updates)
     metrics = dict(aux)
     metrics["loss"] = total
+    # The same reduction as the clipping's and the guard's (XLA computes it
+    # once). param_norm is the loop's, on log steps only (param_norm).
     metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["param_norm"] = optax.global_norm(params)
     metrics["lr"] = schedule(state.step)
     metrics["valid_frac"] = valid.mean()
     # Non-finite updates dropped so far (NonfinitePolicy.guard).
@@ -298,9 +299,9 @@ def check_finite(step_range, scalars):
 class NonfinitePolicy:
   """What a NaN/inf loss or gradient does (config.train.on_nonfinite), in one place.
 
-  On device, the optimiser never applies such an update: `guard(tx)` wraps it
-  in `optax.apply_if_finite`, which leaves params and moments unchanged and
-  counts the step (`metrics['skipped_steps']`).
+  On device, the optimiser never applies such an update: `guard(tx)` (optax's
+  `apply_if_finite` rule, select-based) leaves params and moments unchanged
+  and counts the step (`metrics['skipped_steps']`).
   On the host, the loop passes every step's metrics to `accept` before it logs
   or saves anything after that step: with 'error' the first bad step raises
   FloatingPointError (naming steps and terms, no checkpoint past the last good
@@ -315,8 +316,33 @@ class NonfinitePolicy:
 
   @staticmethod
   def guard(tx, max_in_a_row):
-    """`tx` dropping non-finite updates, up to `max_in_a_row` in a row."""
-    return optax.apply_if_finite(tx, max_in_a_row)
+    """`tx` dropping non-finite updates, up to `max_in_a_row` in a row.
+
+    `optax.apply_if_finite`'s rule and state, with selects instead of its
+    `lax.cond` (a conditional around the whole optimiser): the update is
+    always computed, and where the gradient's global norm (the reduction
+    clipping computes anyway) is not finite, the zero update and the old
+    moments are selected, element by element, in the same pass.
+    """
+
+    def init(params):
+      return optax.ApplyIfFiniteState(
+          notfinite_count=jnp.zeros((), jnp.int32), last_finite=jnp.array(True),
+          total_notfinite=jnp.zeros((), jnp.int32), inner_state=tx.init(params))
+
+    def update(updates, state, params=None):
+      finite = jnp.isfinite(optax.global_norm(updates))
+      count = jnp.where(finite, 0, state.notfinite_count + 1)
+      apply = finite | (count > max_in_a_row)
+      new, inner = tx.update(updates, state.inner_state, params)
+      pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(apply, x, y), a, b)
+      return (jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), new),
+              optax.ApplyIfFiniteState(
+                  notfinite_count=count, last_finite=finite,
+                  total_notfinite=state.total_notfinite + (~finite).astype(jnp.int32),
+                  inner_state=pick(inner, state.inner_state)))
+
+    return optax.GradientTransformation(init, update)
 
   def accept(self, step, scalars):
     """True if step's `scalars` are finite (log them); False if the step was
@@ -498,6 +524,7 @@ def _train_and_evaluate(config, workdir):
     eval_every = config.evals.every_steps  # Held-out evaluation (0: off).
     evaluator = evaluate.Evaluator(model, config, stats, meta["class_names"],
                                    baselines=False) if eval_every else None
+    param_norm = jax.jit(optax.global_norm)  # Log steps only, not in the step.
     unchecked, last_log, t0 = [], start, time.perf_counter()
     stop = cleanup.enter_context(_StopRequests())
     for step in range(start + 1, total + 1):
@@ -521,6 +548,7 @@ def _train_and_evaluate(config, workdir):
       if log_now and window:
         scalars = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
         scalars["skipped_steps"] = window[-1]["skipped_steps"]
+        scalars["param_norm"] = float(param_norm(state.params))  # At `step`.
         rate = (step - last_log) / (time.perf_counter() - t0)
         scalars["steps_per_sec"] = rate
         writer.write(step, scalars)
