@@ -399,12 +399,32 @@ def softplus_inverse(y):
   return y + jnp.log(-jnp.expm1(-y))
 
 
-def build(model_cfg, lsmm_cfg, num_bands, endmembers=None):
+def compute_settings(model_cfg, platform=None):
+  """(dtype name, attention implementation or None for XLA) of `model_cfg`
+  on `platform` (default: jax's backend). dtype 'auto': bfloat16 on a GPU or
+  TPU, float32 on a CPU. attention 'auto': cuDNN flash attention on a GPU in
+  bfloat16 when every head's width suits it (a multiple of 8, at most 128),
+  XLA's elsewhere."""
+  platform = platform or jax.default_backend()
+  dtype = model_cfg.dtype
+  if dtype == "auto":
+    dtype = "float32" if platform == "cpu" else "bfloat16"
+  attention = model_cfg.attention
+  if attention == "auto":
+    heads = [(model_cfg.width, model_cfg.num_heads),
+             (model_cfg.dec_width, model_cfg.dec_num_heads)]
+    fits = all((w // h) % 8 == 0 and w // h <= 128 for w, h in heads)
+    attention = "cudnn" if (platform == "gpu" and dtype == "bfloat16" and fits) else "xla"
+  return dtype, (None if attention == "xla" else attention)
+
+
+def build(model_cfg, lsmm_cfg, num_bands, endmembers=None, platform=None):
   """KarmaMAE from the `model` and `lsmm` config groups and the data's bands.
 
   endmembers: optional (B, M) reflectance spectra to initialise A with
   (lsmm.init library / data / kmeans / vca); None: smooth random spectra.
   """
+  dtype, attention = compute_settings(model_cfg, platform)
   return KarmaMAE(
       num_bands=num_bands,
       patch_size=model_cfg.patch_size,
@@ -421,8 +441,8 @@ def build(model_cfg, lsmm_cfg, num_bands, endmembers=None):
       abundance_head=lsmm_cfg.head,
       max_reflectance=lsmm_cfg.max_reflectance,
       endmember_init=None if endmembers is None else constant_init(endmembers),
-      dtype=jnp.dtype(model_cfg.dtype),
-      attention=None if model_cfg.attention == "auto" else model_cfg.attention,
+      dtype=jnp.dtype(dtype),
+      attention=attention,
       remat=model_cfg.remat,
   )
 

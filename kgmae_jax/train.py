@@ -489,8 +489,11 @@ def _train_and_evaluate(config, workdir):
                           endmembers=endmembers)
   model, total = trainer.model, config.train.steps
   num_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
-  logging.info("Model: %.2fM parameters, %d bands, LSMM %s.", num_params / 1e6,
-               num_bands, "on" if model.lsmm else "off")
+  logging.info("Model: %.2fM parameters, %d bands, LSMM %s; compute %s, "
+               "attention %s (model.dtype=%r, model.attention=%r).",
+               num_params / 1e6, num_bands, "on" if model.lsmm else "off",
+               jnp.dtype(model.dtype).name, model.attention or "xla",
+               config.model.dtype, config.model.attention)
 
   # Resume from this workdir (newest readable checkpoint), else from scratch.
   # Everything opened from here to the end of training is closed by `cleanup`
