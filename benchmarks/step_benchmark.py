@@ -62,6 +62,13 @@ PRESETS = {
                       mlp_ratio=4.0, mask_ratio=0.75, endmembers=8,
                       batch_sizes="64,128,256", steps=20, warmup=3,
                       pipeline_tiles=512),
+    # configs/quickstart.py's model and batch as the config sets them (patch 4,
+    # width 64, 2 + 1 blocks, MLP ratio 2, pixel abundance head, M = 6,
+    # batch 32, dtype auto: float32 on a CPU). Its CPU step time is the
+    # issue's yardstick.
+    "quickstart": dict(config="configs/quickstart.py", tile=32, bands=218,
+                       batch_sizes="32", steps=20, warmup=3, pipeline_tiles=256,
+                       dtype="auto"),
     # Seconds on a CPU; 218 bands so the real benchmark data feeds it.
     "tiny": dict(tile=16, bands=218, patch=8, width=32, depth=1, heads=2,
                  dec_width=32, dec_depth=1, dec_heads=2, mlp_ratio=2.0,
@@ -76,7 +83,47 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # Dense, SXM.
 
 def make_config(preset, *, lsmm, batch_size, dtype, attention, remat,
                 grad_accum, pipeline_tiles=16, data_dir=""):
-  """A base_config with the preset's model; lsmm=False is the MAE baseline."""
+  """A base_config with the preset's model (or the preset's config file);
+  lsmm=False is the MAE baseline."""
+  if "config" in preset:
+    c = _config_file(preset["config"])
+  else:
+    c = _preset_config(preset)
+  c.data.num_train = pipeline_tiles
+  c.data.num_test = c.data.num_test_b = 0
+  c.data.data_dir = data_dir
+  c.data.num_workers = 4
+  c.data.prefetch = 8
+  c.model.dtype, c.model.attention, c.model.remat = dtype, attention, remat
+  c.lsmm.enabled = lsmm
+  if not lsmm:
+    c.loss.sam = c.loss.lsmm = 0.0
+  c.train.batch_size = batch_size
+  c.train.grad_accum_steps = grad_accum
+  c.train.steps = 10_000
+  return c
+
+
+def describe(c, bands):
+  """One line of the model and data shapes of config `c`."""
+  m = c.model
+  head = (f", {c.lsmm.head} abundance head" if c.lsmm.enabled else ", no LSMM")
+  return (f"{c.data.tile_size}x{c.data.tile_size}x{bands}, patch {m.patch_size}, "
+          f"enc {m.depth}x{m.width}x{m.num_heads}h, dec {m.dec_depth}x{m.dec_width}x"
+          f"{m.dec_num_heads}h, mlp {m.mlp_ratio}, mask {m.mask_ratio}, "
+          f"M={c.lsmm.num_endmembers}{head}, AdamW")
+
+
+def _config_file(path):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(__file__).resolve().parents[1]
+  spec = importlib.util.spec_from_file_location("bench_config", root / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _preset_config(preset):
   c = config_lib.base_config()
   c.data.tile_size = preset["tile"]
   c.data.num_train = pipeline_tiles
@@ -91,14 +138,7 @@ def make_config(preset, *, lsmm, batch_size, dtype, attention, remat,
   c.model.dec_num_heads = preset["dec_heads"]
   c.model.mlp_ratio = preset["mlp_ratio"]
   c.model.mask_ratio = preset["mask_ratio"]
-  c.model.dtype, c.model.attention, c.model.remat = dtype, attention, remat
   c.lsmm.num_endmembers = preset["endmembers"]
-  c.lsmm.enabled = lsmm
-  if not lsmm:
-    c.loss.sam = c.loss.lsmm = 0.0
-  c.train.batch_size = batch_size
-  c.train.grad_accum_steps = grad_accum
-  c.train.steps = 10_000
   return c
 
 
@@ -326,10 +366,7 @@ def cost_table(preset_name, dtype, attention, batches=(2, 4)):
   pixel_mb = preset["tile"] ** 2 * preset["bands"] * 4 / 1e6
   lines = [
       f"Compiled train step, preset {preset_name} "
-      f"({preset['tile']}x{preset['tile']}x{preset['bands']}, patch "
-      f"{preset['patch']}, enc {preset['depth']}x{preset['width']}, dec "
-      f"{preset['dec_depth']}x{preset['dec_width']}, mask "
-      f"{preset['mask_ratio']}, M={preset['endmembers']}), {dtype}, "
+      f"({describe(make_config(preset, lsmm=True, batch_size=batches[0], dtype=dtype, attention=attention, remat=False, grad_accum=1), preset['bands'])}), {dtype}, "
       f"attention {attention}; XLA cost_analysis() per extra image "
       f"(b{batches[1]} - b{batches[0]}) / {batches[1] - batches[0]}, "
       f"{jax.devices()[0].platform}, jax {jax.__version__}, git "
@@ -398,7 +435,8 @@ def run(argv=None):
   ap.add_argument("--preset", choices=sorted(PRESETS), default="reference")
   ap.add_argument("--batch_sizes", default=None, help="e.g. 64,128,256")
   ap.add_argument("--models", default="karma,mae")
-  ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  ap.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float32"],
+                  help="default: the preset's (bfloat16; quickstart: its config's auto)")
   ap.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
   ap.add_argument("--remat", action="store_true")
   ap.add_argument("--grad_accum", type=int, default=1)
@@ -420,6 +458,8 @@ def run(argv=None):
   ap.add_argument("--profile_dir", default=None,
                   help="jax.profiler trace of 3 KARMA steps (first batch size)")
   args = ap.parse_args(argv)
+  if args.dtype is None:
+    args.dtype = PRESETS[args.preset].get("dtype", "bfloat16")
   if args.cost:
     table, rows = cost_table(args.preset, args.dtype, args.attention)
     print(table)
@@ -448,11 +488,9 @@ def run(argv=None):
       preset=args.preset, dtype=args.dtype, attention=args.attention,
       remat=args.remat, grad_accum=args.grad_accum, steps=args.steps,
       warmup=args.warmup,
-      setting=(f"{preset['tile']}x{preset['tile']}x{preset['bands']}, patch "
-               f"{preset['patch']}, enc {preset['depth']}x{preset['width']}x"
-               f"{preset['heads']}h, dec {preset['dec_depth']}x{preset['dec_width']}x"
-               f"{preset['dec_heads']}h, mlp {preset['mlp_ratio']}, mask "
-               f"{preset['mask_ratio']}, M={preset['endmembers']}, AdamW"))
+      setting=describe(make_config(preset, lsmm=True, batch_size=batch_sizes[0],
+                                   dtype=args.dtype, attention=args.attention,
+                                   remat=False, grad_accum=1), preset["bands"]))
   mesh_cfg = config_lib.base_config().mesh
   mesh = sharding.make_mesh(mesh_cfg, devices=devices)
   models = args.models.split(",")

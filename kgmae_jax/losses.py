@@ -487,7 +487,9 @@ def _mixed_sums_bwd(delta, res, cts):
                 + 2.0 * cpp * u, 0.0)
   hi = jax.lax.Precision.HIGHEST
   da = jnp.einsum("...b,bm->...m", g, endmembers, precision=hi)
-  de = jnp.einsum("...m,...b->bm", abundances, g, precision=hi)
+  # (M, B) then transposed: g stays the plain right operand of the GEMM (as
+  # "...b->bm", XLA transposed all of g first, the slowest op of the CPU step).
+  de = jnp.einsum("...m,...b->mb", abundances, g, precision=hi).T
   return (da, de, None, None, jnp.zeros_like(inv_std))
 
 
