@@ -126,11 +126,6 @@ def _config_file(path):
 def _preset_config(preset):
   c = config_lib.base_config()
   c.data.tile_size = preset["tile"]
-  c.data.num_train = pipeline_tiles
-  c.data.num_test = c.data.num_test_b = 0
-  c.data.data_dir = data_dir
-  c.data.num_workers = 4
-  c.data.prefetch = 8
   c.model.patch_size = preset["patch"]
   c.model.width, c.model.depth = preset["width"], preset["depth"]
   c.model.num_heads = preset["heads"]
@@ -376,8 +371,8 @@ def cost_table(preset_name, dtype, attention, batches=(2, 4)):
       f"{pixel_mb:.1f} MB f32) |",
       "|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['model']} | {r['gflop_per_image']:.1f} "
-                 f"| {r['gb_per_image']:.2f} "
+    lines.append(f"| {r['model']} | {r['gflop_per_image']:.4g} "
+                 f"| {r['gb_per_image']:.4g} "
                  f"| {r['gb_per_image'] * 1e3 / pixel_mb:.0f} |")
   lines.append("")
   for r in rows[:-1]:

@@ -260,11 +260,13 @@ class KarmaMAE(nn.Module):
     if self.lsmm:
       if self.abundance_head == "pixel":
         # Each pixel's spectrum: observed where its token is visible, the
-        # pixel decoder's prediction where it is masked.
-        spectra = jnp.concatenate(
-            [patches[:, :k].astype(self.dtype), pred[:, k - first:].astype(self.dtype)],
-            axis=1).reshape(n, num_tokens, p * p, -1)
-        h = self.lsmm_spectrum(spectra) + self.lsmm_hidden(y)[:, :, None, :]
+        # pixel decoder's prediction where it is masked. Projected part by
+        # part and joined after the projection (E/2 wide, not B).
+        pixels = lambda x: x.astype(self.dtype).reshape(n, x.shape[1], p * p,
+                                                        self.num_bands)
+        h = jnp.concatenate([self.lsmm_spectrum(pixels(patches[:, :k])),
+                             self.lsmm_spectrum(pixels(pred[:, k - first:]))], axis=1)
+        h = h + self.lsmm_hidden(y)[:, :, None, :]
         logits = self.lsmm_out(nn.gelu(h)).astype(jnp.float32)
       else:
         logits = self.lsmm_out(nn.gelu(self.lsmm_hidden(y))).astype(jnp.float32)
