@@ -346,22 +346,23 @@ def cost_table(preset_name, dtype, attention, batches=(2, 4)):
   preset = PRESETS[preset_name]
   mesh = sharding.make_mesh(config_lib.base_config().mesh,
                             devices=jax.devices()[:1])
-  rows = []
+  rows, setting = [], None
   for name in COST_MODELS:
     c = make_config(preset, lsmm=(name != "mae"), batch_size=batches[0],
                     dtype=dtype, attention=attention, remat=False, grad_accum=1)
     if name == "karma_token":
       c.lsmm.head, c.lsmm.per_pixel = "token", False  # karma_enmap.py:paper's head.
+    setting = setting or describe(c, preset["bands"])
     lo, hi = (compiled_step_cost(c, preset["bands"], b, mesh) for b in batches)
     per = [(h - l) / (batches[1] - batches[0]) for l, h in zip(lo, hi)]
     rows.append(dict(model=name, gflop_per_image=per[0] / 1e9,
                      gb_per_image=per[1] / 1e9, step_gflop=hi[0] / 1e9,
                      step_gb=hi[1] / 1e9))
-  karma, mae = rows[0], rows[-1]
+  mae = rows[-1]
   pixel_mb = preset["tile"] ** 2 * preset["bands"] * 4 / 1e6
   lines = [
       f"Compiled train step, preset {preset_name} "
-      f"({describe(make_config(preset, lsmm=True, batch_size=batches[0], dtype=dtype, attention=attention, remat=False, grad_accum=1), preset['bands'])}), {dtype}, "
+      f"({setting}), {dtype}, "
       f"attention {attention}; XLA cost_analysis() per extra image "
       f"(b{batches[1]} - b{batches[0]}) / {batches[1] - batches[0]}, "
       f"{jax.devices()[0].platform}, jax {jax.__version__}, git "

@@ -113,13 +113,15 @@ def make_train_step(model, tx, schedule, config, mean, std):
   batch: {'cube': (N, H, W, B) reflectance, 'valid': (N, H, W) bool}.
   rng is the run's base key; the step folds in `state.step`, so masking is a
   function of (seed, step) alone and a resumed run repeats it exactly.
+  The loss is `losses.fused_objective` on `model.train_forward`'s shuffled,
+  masked-only layout: the same terms and values as `losses.objective` on
+  `model.forward`'s (tests/test_losses.py), one pass over the pixels each way.
   """
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
   accum = config.train.grad_accum_steps
   mask_ratio = config.model.mask_ratio
   settings = objective_settings(config)
-
   on_visible = settings.pop("lsmm_on_visible")
 
   def loss_fn(params, mb):
@@ -130,7 +132,8 @@ def make_train_step(model, tx, schedule, config, mean, std):
     lsmm = {}
     if model.lsmm:
       first = 0 if on_visible else keep  # Tokens the LSMM term covers.
-      refl, ok, ab = res["refl"][:, first:], res["valid"][:, first:], res["abundances"][:, first:]
+      refl, ok = res["refl"][:, first:], res["valid"][:, first:]
+      ab = res["abundances"][:, first:]
       if ab.ndim == 3:  # Per token: A.a explains the patch's mean valid spectrum.
         count = ok.sum(-1)
         refl = jnp.where(ok[..., None] > 0, refl, 0.0).sum(-2) / jnp.maximum(
