@@ -417,6 +417,9 @@ def compute_settings(model_cfg, platform=None):
              (model_cfg.dec_width, model_cfg.dec_num_heads)]
     fits = all((w // h) % 8 == 0 and w // h <= 128 for w, h in heads)
     attention = "cudnn" if (platform == "gpu" and dtype == "bfloat16" and fits) else "xla"
+  if attention == "cudnn" and dtype != "bfloat16":
+    raise ValueError(f"config.model.attention: cudnn needs bfloat16; model.dtype="
+                     f"{model_cfg.dtype!r} is {dtype} on {platform}.")
   return dtype, (None if attention == "xla" else attention)
 
 

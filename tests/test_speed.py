@@ -211,3 +211,10 @@ def test_auto_dtype_and_attention(platform, dtype, heads, want):
   config.model.dtype = dtype
   config.model.num_heads = config.model.dec_num_heads = heads
   assert model_lib.compute_settings(config.model, platform) == want
+
+
+def test_cudnn_attention_with_auto_dtype_on_a_cpu_names_the_field():
+  config = tiny_config.get()
+  config.model.attention = "cudnn"
+  with pytest.raises(ValueError, match="config.model.attention: cudnn needs bfloat16"):
+    model_lib.compute_settings(config.model, "cpu")
