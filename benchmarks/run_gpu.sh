@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The GPU benchmark in one command, on a machine with jax[cuda], flax, optax and
-# orbax but without ml_collections/einops (pure-Python wheels brought in .whl/):
+# The GPU benchmark in one command (about 4 minutes on one H100), on a machine
+# with jax[cuda], flax, optax and orbax but without ml_collections/einops (the
+# pure-Python wheels benchmarks/fetch_wheels.sh put in .whl/):
 #
-#   # here (has PyPI):  pip download --no-deps --only-binary=:all: -d .whl "ml_collections>=0.1.1,<2" "einops>=0.7,<0.9"
-#   # GPU machine:      KGMAE_GIT_REVISION=<rev> bash benchmarks/run_gpu.sh OUT_DIR [flags]
+#   KGMAE_GIT_REVISION=<rev> bash benchmarks/run_gpu.sh OUT_DIR [flags]
 #
-# Runs the reference preset (batches 64, 128, 256; KARMA and MAE) with XLA
-# attention, then with cuDNN attention, into OUT_DIR/{xla,cudnn}/.
+# Reference preset, batches 64 and 128, KARMA and MAE, bfloat16, synthetic
+# device-resident data; XLA attention, then cuDNN flash attention, into
+# OUT_DIR/{xla,cudnn}/. Then the compiled step's cost (--cost) on the GPU.
 set -euo pipefail
 OUT=${1:?usage: $0 OUT_DIR [flags]}; shift
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,5 +17,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 for attn in ${ATTENTIONS:-xla cudnn}; do
   python benchmarks/step_benchmark.py --preset reference --attention "$attn" \
-      --out "$OUT/$attn" "$@"
+      --batch_sizes "${BATCH_SIZES:-64,128}" --steps 10 --warmup 2 \
+      --pipeline off --out "$OUT/$attn" "$@"
 done
+python benchmarks/step_benchmark.py --preset reference --cost --out "$OUT"

@@ -62,25 +62,70 @@ PRESETS = {
                       mlp_ratio=4.0, mask_ratio=0.75, endmembers=8,
                       batch_sizes="64,128,256", steps=20, warmup=3,
                       pipeline_tiles=512),
+    # configs/quickstart.py's model and batch as the config sets them (patch 4,
+    # width 64, 2 + 1 blocks, MLP ratio 2, pixel abundance head, M = 6,
+    # batch 32, dtype auto: float32 on a CPU). Its CPU step time is the
+    # issue's yardstick.
+    "quickstart": dict(config="configs/quickstart.py", tile=32, bands=218,
+                       batch_sizes="32", steps=20, warmup=3, pipeline_tiles=256,
+                       dtype="auto"),
     # Seconds on a CPU; 218 bands so the real benchmark data feeds it.
     "tiny": dict(tile=16, bands=218, patch=8, width=32, depth=1, heads=2,
                  dec_width=32, dec_depth=1, dec_heads=2, mlp_ratio=2.0,
                  mask_ratio=0.75, endmembers=4, batch_sizes="4,8", steps=3,
                  warmup=1, pipeline_tiles=256),
 }
+# --cost rows: KARMA (the default pixel abundance head), KARMA with the
+# paper's token head (configs/karma_enmap.py:paper), the MAE baseline.
+COST_MODELS = ("karma", "karma_token", "mae")
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # Dense, SXM.
 
 
 def make_config(preset, *, lsmm, batch_size, dtype, attention, remat,
                 grad_accum, pipeline_tiles=16, data_dir=""):
-  """A base_config with the preset's model; lsmm=False is the MAE baseline."""
-  c = config_lib.base_config()
-  c.data.tile_size = preset["tile"]
+  """A base_config with the preset's model (or the preset's config file);
+  lsmm=False is the MAE baseline."""
+  if "config" in preset:
+    c = _config_file(preset["config"])
+  else:
+    c = _preset_config(preset)
   c.data.num_train = pipeline_tiles
   c.data.num_test = c.data.num_test_b = 0
   c.data.data_dir = data_dir
   c.data.num_workers = 4
   c.data.prefetch = 8
+  c.model.dtype, c.model.attention, c.model.remat = dtype, attention, remat
+  c.lsmm.enabled = lsmm
+  if not lsmm:
+    c.loss.sam = c.loss.lsmm = 0.0
+  c.train.batch_size = batch_size
+  c.train.grad_accum_steps = grad_accum
+  c.train.steps = 10_000
+  return c
+
+
+def describe(c, bands):
+  """One line of the model and data shapes of config `c`."""
+  m = c.model
+  head = (f", {c.lsmm.head} abundance head" if c.lsmm.enabled else ", no LSMM")
+  return (f"{c.data.tile_size}x{c.data.tile_size}x{bands}, patch {m.patch_size}, "
+          f"enc {m.depth}x{m.width}x{m.num_heads}h, dec {m.dec_depth}x{m.dec_width}x"
+          f"{m.dec_num_heads}h, mlp {m.mlp_ratio}, mask {m.mask_ratio}, "
+          f"M={c.lsmm.num_endmembers}{head}, AdamW")
+
+
+def _config_file(path):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(__file__).resolve().parents[1]
+  spec = importlib.util.spec_from_file_location("bench_config", root / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _preset_config(preset):
+  c = config_lib.base_config()
+  c.data.tile_size = preset["tile"]
   c.model.patch_size = preset["patch"]
   c.model.width, c.model.depth = preset["width"], preset["depth"]
   c.model.num_heads = preset["heads"]
@@ -88,14 +133,7 @@ def make_config(preset, *, lsmm, batch_size, dtype, attention, remat,
   c.model.dec_num_heads = preset["dec_heads"]
   c.model.mlp_ratio = preset["mlp_ratio"]
   c.model.mask_ratio = preset["mask_ratio"]
-  c.model.dtype, c.model.attention, c.model.remat = dtype, attention, remat
   c.lsmm.num_endmembers = preset["endmembers"]
-  c.lsmm.enabled = lsmm
-  if not lsmm:
-    c.loss.sam = c.loss.lsmm = 0.0
-  c.train.batch_size = batch_size
-  c.train.grad_accum_steps = grad_accum
-  c.train.steps = 10_000
   return c
 
 
@@ -269,6 +307,81 @@ def measure_inputs(c, handles, karma_row, args):
   return out
 
 
+def _xla_cost(compiled):
+  """(flops, bytes accessed) of a compiled function from XLA's cost_analysis()."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older jax: one dict per computation.
+    cost = cost[0] if cost else {}
+  cost = cost or {}
+  return (float(cost.get("flops", float("nan"))),
+          float(cost.get("bytes accessed", float("nan"))))
+
+
+def compiled_step_cost(c, bands, batch, mesh):
+  """XLA's (flops, bytes) of the real train step for config `c` at `batch`,
+  compiled from abstract shapes (nothing is allocated or run)."""
+  c = c.copy_and_resolve_references()
+  c.train.batch_size = batch
+  mean = np.full(bands, 0.3, np.float32)
+  std = np.full(bands, 0.15, np.float32)
+  trainer = train.build_trainer(c, mesh, bands, mean, std)
+  tile = c.data.tile_size
+  batch_spec = {
+      "cube": jax.ShapeDtypeStruct((batch, tile, tile, bands), np.float32,
+                                   sharding=trainer.batch_sharding),
+      "valid": jax.ShapeDtypeStruct((batch, tile, tile), np.bool_,
+                                    sharding=trainer.batch_sharding)}
+  state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      trainer.abstract_state, trainer.state_shardings)
+  rng = jax.eval_shape(lambda: jax.random.key(0))
+  compiled = trainer.step.lower(state, batch_spec, rng).compile()
+  return _xla_cost(compiled)
+
+
+def cost_table(preset_name, dtype, attention, batches=(2, 4)):
+  """Per-image GFLOP and GB accessed of the compiled step, KARMA and MAE:
+  (cost(b2) - cost(b1)) / (b2 - b1), which leaves out the per-step work that
+  does not scale with the batch (the optimiser)."""
+  preset = PRESETS[preset_name]
+  mesh = sharding.make_mesh(config_lib.base_config().mesh,
+                            devices=jax.devices()[:1])
+  rows, setting = [], None
+  for name in COST_MODELS:
+    c = make_config(preset, lsmm=(name != "mae"), batch_size=batches[0],
+                    dtype=dtype, attention=attention, remat=False, grad_accum=1)
+    if name == "karma_token":
+      c.lsmm.head, c.lsmm.per_pixel = "token", False  # karma_enmap.py:paper's head.
+    setting = setting or describe(c, preset["bands"])
+    lo, hi = (compiled_step_cost(c, preset["bands"], b, mesh) for b in batches)
+    per = [(h - l) / (batches[1] - batches[0]) for l, h in zip(lo, hi)]
+    rows.append(dict(model=name, gflop_per_image=per[0] / 1e9,
+                     gb_per_image=per[1] / 1e9, step_gflop=hi[0] / 1e9,
+                     step_gb=hi[1] / 1e9))
+  mae = rows[-1]
+  pixel_mb = preset["tile"] ** 2 * preset["bands"] * 4 / 1e6
+  lines = [
+      f"Compiled train step, preset {preset_name} "
+      f"({setting}), {dtype}, "
+      f"attention {attention}; XLA cost_analysis() per extra image "
+      f"(b{batches[1]} - b{batches[0]}) / {batches[1] - batches[0]}, "
+      f"{jax.devices()[0].platform}, jax {jax.__version__}, git "
+      f"{report.git_revision()}",
+      "",
+      "| model | GFLOP / image | GB accessed / image | image's pixels moved (x "
+      f"{pixel_mb:.1f} MB f32) |",
+      "|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['model']} | {r['gflop_per_image']:.4g} "
+                 f"| {r['gb_per_image']:.4g} "
+                 f"| {r['gb_per_image'] * 1e3 / pixel_mb:.0f} |")
+  lines.append("")
+  for r in rows[:-1]:
+    lines.append(f"{r['model']} / mae: FLOPs {r['gflop_per_image'] / mae['gflop_per_image']:.3f}, "
+                 f"bytes {r['gb_per_image'] / mae['gb_per_image']:.3f}")
+  return "\n".join(lines) + "\n", rows
+
+
 def _fmt(x, spec):
   return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
 
@@ -318,7 +431,8 @@ def run(argv=None):
   ap.add_argument("--preset", choices=sorted(PRESETS), default="reference")
   ap.add_argument("--batch_sizes", default=None, help="e.g. 64,128,256")
   ap.add_argument("--models", default="karma,mae")
-  ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  ap.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float32"],
+                  help="default: the preset's (bfloat16; quickstart: its config's auto)")
   ap.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
   ap.add_argument("--remat", action="store_true")
   ap.add_argument("--grad_accum", type=int, default=1)
@@ -334,9 +448,22 @@ def run(argv=None):
   ap.add_argument("--data_dir", default="", help="benchmark build dir ('' -> $KGMAE_DATA_DIR)")
   ap.add_argument("--peak_tflops", type=float, default=None)
   ap.add_argument("--out", default=None, help="directory for benchmark.md/.json")
+  ap.add_argument("--cost", action="store_true",
+                  help="only compile (no device time): XLA GFLOP and bytes "
+                       "accessed per image of the step, KARMA and MAE")
   ap.add_argument("--profile_dir", default=None,
                   help="jax.profiler trace of 3 KARMA steps (first batch size)")
   args = ap.parse_args(argv)
+  if args.dtype is None:
+    args.dtype = PRESETS[args.preset].get("dtype", "bfloat16")
+  if args.cost:
+    table, rows = cost_table(args.preset, args.dtype, args.attention)
+    print(table)
+    if args.out:
+      out = pathlib.Path(args.out)
+      out.mkdir(parents=True, exist_ok=True)
+      (out / "cost.md").write_text(table)
+    return {"cost": rows}
   preset = PRESETS[args.preset]
   args.steps = preset["steps"] if args.steps is None else args.steps
   args.warmup = preset["warmup"] if args.warmup is None else args.warmup
@@ -357,11 +484,9 @@ def run(argv=None):
       preset=args.preset, dtype=args.dtype, attention=args.attention,
       remat=args.remat, grad_accum=args.grad_accum, steps=args.steps,
       warmup=args.warmup,
-      setting=(f"{preset['tile']}x{preset['tile']}x{preset['bands']}, patch "
-               f"{preset['patch']}, enc {preset['depth']}x{preset['width']}x"
-               f"{preset['heads']}h, dec {preset['dec_depth']}x{preset['dec_width']}x"
-               f"{preset['dec_heads']}h, mlp {preset['mlp_ratio']}, mask "
-               f"{preset['mask_ratio']}, M={preset['endmembers']}, AdamW"))
+      setting=describe(make_config(preset, lsmm=True, batch_size=batch_sizes[0],
+                                   dtype=args.dtype, attention=args.attention,
+                                   remat=False, grad_accum=1), preset["bands"]))
   mesh_cfg = config_lib.base_config().mesh
   mesh = sharding.make_mesh(mesh_cfg, devices=devices)
   models = args.models.split(",")

@@ -52,8 +52,8 @@ def base_config():
   c.model.dec_num_heads = 8  # Decoder heads.
   c.model.mlp_ratio = 4.0  # MLP hidden width / model width.
   c.model.mask_ratio = 0.75  # Fraction of tokens hidden from the encoder.
-  c.model.dtype = "float32"  # Compute dtype: float32 or bfloat16.
-  c.model.attention = "auto"  # auto (= xla today), xla or cudnn (GPU, bfloat16 only).
+  c.model.dtype = "auto"  # Compute dtype (params stay float32): auto (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16.
+  c.model.attention = "auto"  # auto (cudnn on a GPU in bfloat16, else xla), xla or cudnn (GPU, bfloat16 only).
   c.model.remat = False  # Rematerialise transformer blocks (saves memory).
 
   c.lsmm = ml_collections.ConfigDict()
@@ -170,7 +170,7 @@ def model_preset(c, name):
   return c
 
 
-_DTYPES = ("float32", "bfloat16")
+_DTYPES = ("auto", "float32", "bfloat16")
 _ATTENTION = ("auto", "xla", "cudnn")
 _INITS = ("kmeans", "vca", "data", "library", "random")
 _HEADS = ("pixel", "token")
@@ -217,8 +217,8 @@ def validate(c, num_devices=None, num_bands=None):
   need(m.dtype in _DTYPES, "model.dtype", f"one of {_DTYPES}, got {m.dtype!r}.")
   need(m.attention in _ATTENTION, "model.attention",
        f"one of {_ATTENTION}, got {m.attention!r}.")
-  need(m.attention != "cudnn" or m.dtype == "bfloat16", "model.attention",
-       "cudnn attention needs model.dtype='bfloat16'.")
+  need(m.attention != "cudnn" or m.dtype in ("bfloat16", "auto"), "model.attention",
+       "cudnn attention needs model.dtype='bfloat16' (or 'auto' on a GPU).")
   need(c.lsmm.num_endmembers >= 1, "lsmm.num_endmembers",
        f"must be >= 1, got {c.lsmm.num_endmembers}.")
   need(c.lsmm.init in _INITS, "lsmm.init", f"one of {_INITS}, got {c.lsmm.init!r}.")

@@ -33,6 +33,12 @@ Functions (shapes for `pred: (..., B)`):
   (`register_term(name, fn)`), weighted by `weights[name]` (config.loss.<name>). A new
   term is a `register_term` call and a config weight: the loop, its non-finite guard, the
   logs, plots and reports take the names from `aux` (`term_names`).
+* `fused_objective(pred, target, mask, weights, ...)` -> `(total, aux)`: the same terms
+  as `objective` for the train step (`model.train_forward`'s masked-only layout), each
+  read of prediction and target shared: one neutralisation, and Huber, SAM and the LSMM
+  term from per-spectrum sums (p.t, |p|^2, |t|^2) of one elementwise pass, the
+  prediction in its own dtype (bf16) accumulated in float32; a Python-0 weight computes
+  nothing (its `_raw` is not logged).
 """
 
 import dataclasses
@@ -366,3 +372,209 @@ def karma_loss(pred, target, mask=None, *, mixed=None, mean=None, std=None,
                    lsmm_target=lsmm_target, lsmm_mask=lsmm_mask, huber_delta=huber_delta,
                    lsmm_sam_weight=lsmm_sam_weight)
   return _combine(inputs, dict(zip(("huber", "sam", "lsmm"), weights)))
+
+
+# ------------------------------------------------------------- the fused train path
+_BUILTIN = ("huber", "sam", "lsmm")
+
+
+def _safe_sqrt(x: Array) -> Array:
+  """sqrt(max(x, 0)) with a zero (not inf/NaN) gradient at x <= 0."""
+  pos = x > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+
+
+def angle_from_sums(pt, pp, tt, eps: float = 1e-8) -> Array:
+  """Spectral angle (radians) from the per-spectrum sums p.t, |p|^2 and |t|^2.
+
+  `2 atan2(sqrt(1 - c), sqrt(1 + c))` with c = p.t / (|p| |t|): one reduction pass
+  instead of `spectral_angle`'s four; float32 resolves angles down to ~5e-4 rad (use
+  `spectral_angle` to score tiny angles). Zero spectra: pi/2 with a zero gradient.
+  """
+  degenerate = (pp <= eps * eps) | (tt <= eps * eps)
+  pp = jnp.where(degenerate, 1.0, pp)
+  tt = jnp.where(degenerate, 1.0, tt)
+  cos = jnp.clip(jnp.where(degenerate, 0.0, pt) * jax.lax.rsqrt(pp) * jax.lax.rsqrt(tt),
+                 -1.0, 1.0)
+  angle = 2.0 * jnp.arctan2(_safe_sqrt(1.0 - cos), _safe_sqrt(1.0 + cos))
+  return jnp.where(degenerate, 0.5 * math.pi, angle)
+
+
+def _huber(x, delta):
+  quadratic = jnp.minimum(jnp.abs(x), delta)
+  return 0.5 * quadratic * quadratic + delta * (jnp.abs(x) - quadratic)
+
+
+def _mean_over(values, w):
+  total = jnp.sum(w)
+  return jnp.sum(w * values) / jnp.where(total > 0, total, 1.0)
+
+
+def _is_zero(weight) -> bool:
+  return isinstance(weight, numbers.Real) and weight == 0
+
+
+def _mix_unrolled(abundances, endmembers):
+  """`lsmm_mix` as M multiply-adds (M is a handful), so that XLA fuses the mixing
+  into the loss's elementwise pass instead of writing `A a` out as a matmul result."""
+  mixed = abundances[..., 0:1] * endmembers[:, 0]
+  for m in range(1, endmembers.shape[1]):
+    mixed = mixed + abundances[..., m:m + 1] * endmembers[:, m]
+  return mixed
+
+
+def _sum_last(*xs):
+  """Sums of each `xs[i]` over the last axis in one variadic reduction (one pass)."""
+  zero = jnp.zeros((), jnp.float32)
+  return jax.lax.reduce(xs, (zero,) * len(xs),
+                        lambda a, b: tuple(u + v for u, v in zip(a, b)),
+                        (xs[0].ndim - 1,))
+
+
+def _huber_grad(x, delta):
+  return jnp.clip(x, -delta, delta)
+
+
+# Per-spectrum sums of a spectrum U against reflectance t, in one pass each way:
+#   h = sum_b huber((U_b - t_b) / std_b), pt = sum U t, pp = sum U^2, tt = sum t^2,
+# for spectra where `sel`; U and t are replaced by 1 elsewhere (nothing non-finite
+# is read). `t` is data: no gradient flows to it, `std` or `sel`.
+def _pair(u, t, sel, inv_std):
+  return jnp.where(sel, u, 1.0), jnp.where(sel, t.astype(jnp.float32), 1.0), inv_std
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _pred_sums(pred, t, sel, scale, offset, delta):
+  """U = pred * scale + offset (pred standardised, any float dtype)."""
+  u, t, inv = _pair(pred.astype(jnp.float32) * scale + offset, t, sel, 1.0 / scale)
+  r = (u - t) * inv
+  return _sum_last(_huber(r, delta), u * t, u * u, t * t)
+
+
+def _pred_sums_fwd(pred, t, sel, scale, offset, delta):
+  return _pred_sums(pred, t, sel, scale, offset, delta), (pred, t, sel, scale, offset)
+
+
+def _pred_sums_bwd(delta, res, cts):
+  pred, t_raw, sel, scale, offset = res
+  ch, cpt, cpp, _ = (c[..., None] for c in cts)
+  u, t, inv = _pair(pred.astype(jnp.float32) * scale + offset, t_raw, sel, 1.0 / scale)
+  du = ch * _huber_grad((u - t) * inv, delta) * inv + cpt * t + 2.0 * cpp * u
+  dpred = jnp.where(sel, du * scale, 0.0).astype(pred.dtype)
+  return (dpred, None, None, jnp.zeros_like(scale), jnp.zeros_like(offset))
+
+
+_pred_sums.defvjp(_pred_sums_fwd, _pred_sums_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _mixed_sums(abundances, endmembers, t, sel, inv_std, delta):
+  """U = A a formed inside the pass (never written out); (..., M), (B, M)."""
+  u, t, inv = _pair(_mix_unrolled(abundances, endmembers), t, sel, inv_std)
+  return _sum_last(_huber((u - t) * inv, delta), u * t, u * u, t * t)
+
+
+def _mixed_sums_fwd(abundances, endmembers, t, sel, inv_std, delta):
+  out = _mixed_sums(abundances, endmembers, t, sel, inv_std, delta)
+  return out, (abundances, endmembers, t, sel, inv_std)
+
+
+def _mixed_sums_bwd(delta, res, cts):
+  abundances, endmembers, t_raw, sel, inv_std = res
+  ch, cpt, cpp, _ = (c[..., None] for c in cts)
+  u, t, inv = _pair(_mix_unrolled(abundances, endmembers), t_raw, sel, inv_std)
+  g = jnp.where(sel, ch * _huber_grad((u - t) * inv, delta) * inv + cpt * t
+                + 2.0 * cpp * u, 0.0)
+  hi = jax.lax.Precision.HIGHEST
+  da = jnp.einsum("...b,bm->...m", g, endmembers, precision=hi)
+  # (M, B) then transposed: g stays the plain right operand of the GEMM (as
+  # "...b->bm", XLA transposed all of g first, the slowest op of the CPU step).
+  de = jnp.einsum("...m,...b->mb", abundances, g, precision=hi).T
+  return (da, de, None, None, jnp.zeros_like(inv_std))
+
+
+_mixed_sums.defvjp(_mixed_sums_fwd, _mixed_sums_bwd)
+
+
+def fused_objective(pred, target, mask, weights: Mapping[str, Any], *, mean, std,
+                    huber_delta=1.0, lsmm_sam_weight=1.0, abundances=None,
+                    endmembers=None, lsmm_target=None, lsmm_mask=None, outputs=None,
+                    **settings) -> tuple[Array, dict[str, Array]]:
+  """`objective`'s terms in one pass over prediction and target (the train step's path).
+
+  Args:
+    pred: `(..., B)` predicted standardised spectra of the scored (masked) pixels, any
+      float dtype (bf16 stays bf16 in memory; arithmetic is float32).
+    target: `(..., B)` true *reflectance* of those pixels (NaN allowed where `mask` is 0).
+    mask: `pred.shape[:-1]` weights of the pixel terms (masked, valid pixels).
+    weights: `{term: weight}`; a Python 0 computes nothing for its term.
+    mean, std: `(B,)` band statistics (standardised = (reflectance - mean) / std).
+    abundances, endmembers: the LSMM branch, `(..., M)` and `(B, M)`, or None;
+      `A a` is never written out: it is formed inside the loss's elementwise pass.
+    lsmm_target, lsmm_mask: reflectance `abundances.shape[:-1] + (B,)` that `A a` must
+      explain, and its weights.
+    outputs: extra model outputs for registered terms other than huber/sam/lsmm (they
+      get a `LossInputs` with standardised `pred`/`target`).
+
+  Returns `(total, aux)` as `objective`, except that a term with a Python-0 weight is
+  logged as 0 without its `_raw` value (it is not computed). Values and gradients equal
+  `objective`'s within float32 rounding; SAM goes through `angle_from_sums`.
+  """
+  unknown = sorted(set(weights) - set(TERMS))
+  if unknown:
+    raise ValueError(f"unknown loss terms {unknown}; registered: {list(TERMS)}.")
+  mean = jnp.asarray(0.0 if mean is None else mean, jnp.float32)
+  std = jnp.asarray(1.0 if std is None else std, jnp.float32)
+  w = checked_mask(mask, pred.shape).astype(jnp.float32)
+  sel = (w > 0)[..., None]
+  wants = {name: name in weights and not _is_zero(weights[name]) for name in _BUILTIN}
+  raw = {}
+  if wants["huber"] or wants["sam"]:
+    # One pass: Huber on standardised values = Huber((U - t) / std) with U the
+    # prediction in reflectance; SAM from the sums.
+    h, pt, pp, tt = _pred_sums(pred, target, sel, std, mean, huber_delta)
+    if wants["huber"]:
+      raw["huber"] = _mean_over(h, w) / pred.shape[-1]
+    if wants["sam"]:
+      raw["sam"] = _mean_over(angle_from_sums(pt, pp, tt), w)
+  if wants["lsmm"]:
+    raw["lsmm"] = (jnp.zeros((), jnp.float32) if abundances is None else _fused_lsmm(
+        abundances, endmembers, lsmm_target, lsmm_mask, std, huber_delta,
+        lsmm_sam_weight))
+  others = [n for n in weights if n not in _BUILTIN and not _is_zero(weights[n])]
+  if others:
+    p, t, _ = _prepare(pred, (target - mean) / std, w)
+    inputs = LossInputs(
+        pred=p, target=t, mask=w, mean=mean, std=std,
+        std_scale=std, mixed=None if abundances is None else lsmm_mix(abundances,
+                                                                     endmembers),
+        lsmm_target=lsmm_target, lsmm_mask=lsmm_mask,
+        outputs=dict(outputs or {}, pred=pred), settings=dict(
+            settings, huber_delta=huber_delta, lsmm_sam_weight=lsmm_sam_weight))
+    raw.update({n: TERMS[n](inputs) for n in others})
+  aux = {}
+  for name in TERMS:
+    if name not in weights:
+      continue
+    if name in raw:
+      aux[name] = _weighted_term(weights[name], lambda v=raw[name]: v)
+      aux[name + "_raw"] = raw[name]
+    else:
+      aux[name] = jnp.zeros((), jnp.float32)
+  total = functools.reduce(lambda a, b: a + b, [aux[k] for k in TERMS if k in weights])
+  aux["total"] = total
+  return total, aux
+
+
+def _fused_lsmm(abundances, endmembers, target, mask, std, delta, sam_weight):
+  """`lsmm_loss(lsmm_mix(abundances, endmembers), target, mask, scale=std, ...)` with
+  `A a` formed inside one elementwise pass over the target (`_mixed_sums`)."""
+  w = checked_mask(mask, target.shape).astype(jnp.float32)
+  h, pt, pp, tt = _mixed_sums(abundances.astype(jnp.float32),
+                              endmembers.astype(jnp.float32), target, (w > 0)[..., None],
+                              1.0 / std, delta)
+  value = _mean_over(h, w) / target.shape[-1]
+  if not _is_zero(sam_weight):
+    value = value + _weighted_term(
+        sam_weight, lambda: _mean_over(angle_from_sums(pt, pp, tt), w))
+  return value

@@ -179,22 +179,25 @@ class KarmaMAE(nn.Module):
     self._check_bands(x)
     _, h, w, _ = x.shape
     p = self.patch_size
-    return self._encode_patches(patching.patchify(x, p), (h // p, w // p),
-                                ids_keep)
+    patches = patching.patchify(x, p)
+    grid = (h // p, w // p)
+    pos = self._pos(grid, patches.shape[0])
+    if ids_keep is not None:  # Gather first: only visible patches are embedded.
+      patches = patching.gather_tokens(patches, ids_keep)
+      pos = patching.gather_tokens(pos, ids_keep)
+    return self._encode_tokens(patches, pos)
 
   def _check_bands(self, x):
     if x.shape[-1] != self.num_bands:
       raise ValueError(f"Cube has {x.shape[-1]} bands but the model was built "
                        f"for {self.num_bands} (model.num_bands).")
 
-  def _encode_patches(self, patches, grid, ids_keep):
-    """Patches (N, L, p*p*B) of a (gh, gw) grid -> visible embeddings."""
-    n = patches.shape[0]
-    pos = jnp.broadcast_to(sincos_2d(grid, self.width), (n,) + patches.shape[1:2]
-                           + (self.width,))
-    if ids_keep is not None:  # Gather first: only visible patches are embedded.
-      patches = patching.gather_tokens(patches, ids_keep)
-      pos = patching.gather_tokens(pos, ids_keep)
+  def _pos(self, grid, n):
+    return jnp.broadcast_to(sincos_2d(grid, self.width),
+                            (n, grid[0] * grid[1], self.width))
+
+  def _encode_tokens(self, patches, pos):
+    """Visible patches (N, K, p*p*B) and their positions -> embeddings."""
     tokens = self.embed(patches.astype(self.dtype)) + pos.astype(self.dtype)
     return self.encoder(tokens)
 
@@ -209,40 +212,61 @@ class KarmaMAE(nn.Module):
     return patching.gather_tokens(x, ids_restore)
 
   def __call__(self, x, ids_keep, ids_restore):
-    """Standardised cube (N, H, W, B) + masking indices -> output dict."""
+    """Standardised cube (N, H, W, B) + masking indices -> output dict in
+    image order (evaluation, inference; training calls `shuffled`)."""
     n, h, w, _ = x.shape
     p = self.patch_size
     grid = (h // p, w // p)
     self._check_bands(x)
-    patches = patching.patchify(x, p)  # Once: encoder input and pixel head.
-    y = self.decode(self._encode_patches(patches, grid, ids_keep), ids_restore)
-    y = y + sincos_2d(grid, self.dec_width).astype(y.dtype)
-    y = self.decoder(y)
-    num_tokens, k = grid[0] * grid[1], ids_keep.shape[1]
-    if self.pred_masked_only and k < num_tokens:
-      # Only masked tokens' pixels are ever scored: the pixel head (the
-      # largest matmul) runs on those alone; visible tokens' `pred` is 0.
-      # Gathers only (per-sample, along tokens): no scatter, so a batch
-      # sharded over devices is never gathered onto one.
-      ids_masked = jnp.argsort(ids_restore, axis=1)[:, k:]
-      pred = self._per_sample(
-          self.pixel_head(patching.gather_tokens(y, ids_masked)))
+    k, num_tokens = ids_keep.shape[1], grid[0] * grid[1]
+    ids_shuffle = jnp.argsort(ids_restore, axis=1)  # [:, :k] == ids_keep.
+    patches = patching.gather_tokens(patching.patchify(x, p), ids_shuffle)
+    out = self.shuffled(patches, ids_shuffle, ids_restore, k, grid)
+    pred = out["pred"].astype(jnp.float32)
+    if pred.shape[1] < num_tokens:  # Masked tokens only; visible ones get 0.
       back = jnp.clip(ids_restore - k, 0, num_tokens - k - 1)
-      pred = patching.gather_tokens(pred.astype(jnp.float32), back)
-      out = {"pred": jnp.where((ids_restore >= k)[..., None], pred, 0.0)}
+      pred = jnp.where((ids_restore >= k)[..., None],
+                       patching.gather_tokens(pred, back), 0.0)
     else:
-      out = {"pred": self.pixel_head(y).astype(jnp.float32)}
+      pred = patching.gather_tokens(pred, ids_restore)
+    out["pred"] = pred
+    if self.lsmm:
+      out["abundances"] = patching.gather_tokens(out["abundances"], ids_restore)
+    return out
+
+  def shuffled(self, patches, ids_shuffle, ids_restore, k, grid):
+    """The model on patches in shuffled order: the training path.
+
+    patches: (N, L, p*p*B) standardised, in the order `ids_shuffle` (N, L):
+    the K = `k` visible tokens first, then the masked ones (as
+    `patching.random_shuffle`); ids_restore is its inverse; grid (gh, gw).
+    Returns, in the same shuffled order: `pred` (N, L - K, p*p*B) for the
+    masked tokens only when `pred_masked_only` and K < L (else all L), in
+    the compute dtype; with LSMM `abundances` (N, L, [p*p,] M) and
+    `endmembers`.
+    """
+    n, num_tokens = ids_shuffle.shape
+    p = self.patch_size
+    pos = patching.gather_tokens(self._pos(grid, n), ids_shuffle[:, :k])
+    y = self.decode(self._encode_tokens(patches[:, :k], pos), ids_restore)
+    y = y + sincos_2d(grid, self.dec_width).astype(y.dtype)
+    y = patching.gather_tokens(self.decoder(y), ids_shuffle)  # Shuffled order.
+    # Only masked tokens' pixels are ever scored: the pixel head (the largest
+    # matmul) runs on those alone. Gathers only (per-sample, along tokens): no
+    # scatter, so a batch sharded over devices is never gathered onto one.
+    first = k if (self.pred_masked_only and k < num_tokens) else 0
+    pred = self._per_sample(self.pixel_head(y[:, first:]))
+    out = {"pred": pred}
     if self.lsmm:
       if self.abundance_head == "pixel":
         # Each pixel's spectrum: observed where its token is visible, the
-        # pixel decoder's prediction where it is masked.
-        visible = ids_restore < k  # (N, L): the first K of the shuffle.
-        spectra = jnp.where(
-            visible[:, :, None, None],
-            patches.reshape(n, num_tokens, p * p, -1),
-            out["pred"].reshape(n, num_tokens, p * p, -1))
-        h = (self.lsmm_spectrum(spectra.astype(self.dtype))
-             + self.lsmm_hidden(y)[:, :, None, :])
+        # pixel decoder's prediction where it is masked. Projected part by
+        # part and joined after the projection (E/2 wide, not B).
+        pixels = lambda x: x.astype(self.dtype).reshape(n, x.shape[1], p * p,
+                                                        self.num_bands)
+        h = jnp.concatenate([self.lsmm_spectrum(pixels(patches[:, :k])),
+                             self.lsmm_spectrum(pixels(pred[:, k - first:]))], axis=1)
+        h = h + self.lsmm_hidden(y)[:, :, None, :]
         logits = self.lsmm_out(nn.gelu(h)).astype(jnp.float32)
       else:
         logits = self.lsmm_out(nn.gelu(self.lsmm_hidden(y))).astype(jnp.float32)
@@ -308,6 +332,39 @@ def forward(model, params, cube, valid, ids_keep, ids_restore, mean, std):
   return res
 
 
+def train_forward(model, params, cube, valid, ids_shuffle, ids_restore, k, mean,
+                  std):
+  """The training path: model outputs and targets in shuffled token order.
+
+  The cube is patchified and shuffled once, in float32 (the targets), and
+  standardised into the compute dtype for the model (the model casts its input
+  to that dtype first, so bf16 here changes no value). Returns `pred`
+  (N, L - K, p*p, B) compute dtype (masked tokens), `target` (N, L - K, p*p, B)
+  reflectance (NaN possible where invalid), `mask` (N, L - K, p*p) their valid
+  pixels; `refl` (N, L, p*p, B), `valid` (N, L, p*p) for every token; with the
+  LSMM branch `abundances`, `endmembers`.
+  """
+  n, h, w, b = cube.shape
+  p = model.patch_size
+  grid = (h // p, w // p)
+  num_tokens = grid[0] * grid[1]
+  refl = patching.gather_tokens(patching.patchify(cube, p), ids_shuffle)
+  ok = patching.gather_tokens(patching.pixels_per_token(valid, p), ids_shuffle)
+  refl = refl.reshape(n, num_tokens, p * p, b)
+  x = jnp.where(ok[..., None], (refl - mean) / std, 0.0).astype(model.dtype)
+  out = model.apply({"params": params}, x.reshape(n, num_tokens, p * p * b),
+                    ids_shuffle, ids_restore, k, grid, method=KarmaMAE.shuffled)
+  first = num_tokens - out["pred"].shape[1]  # k, or 0 without pred_masked_only.
+  scored = (jnp.arange(first, num_tokens) >= k)[None, :, None]  # Masked tokens.
+  res = {"pred": out["pred"].reshape(n, -1, p * p, b), "target": refl[:, first:],
+         "mask": (ok[:, first:] & scored).astype(jnp.float32), "refl": refl,
+         "valid": ok.astype(jnp.float32)}
+  if model.lsmm:
+    res["abundances"] = out["abundances"]
+    res["endmembers"] = out["endmembers"]
+  return res
+
+
 def smooth_random_init(lo=0.05, hi=0.6, knots=8):
   """Initializer (key, (B, M)) -> random spectra smooth across bands: values
   U(lo, hi) at `knots` evenly spaced bands, linearly interpolated. (The
@@ -344,12 +401,35 @@ def softplus_inverse(y):
   return y + jnp.log(-jnp.expm1(-y))
 
 
-def build(model_cfg, lsmm_cfg, num_bands, endmembers=None):
+def compute_settings(model_cfg, platform=None):
+  """(dtype name, attention implementation or None for XLA) of `model_cfg`
+  on `platform` (default: jax's backend). dtype 'auto': bfloat16 on a GPU or
+  TPU, float32 on a CPU. attention 'auto': cuDNN flash attention on a GPU in
+  bfloat16 when every head's width suits it (a multiple of 8, at most 128),
+  XLA's elsewhere."""
+  platform = platform or jax.default_backend()
+  dtype = model_cfg.dtype
+  if dtype == "auto":
+    dtype = "float32" if platform == "cpu" else "bfloat16"
+  attention = model_cfg.attention
+  if attention == "auto":
+    heads = [(model_cfg.width, model_cfg.num_heads),
+             (model_cfg.dec_width, model_cfg.dec_num_heads)]
+    fits = all((w // h) % 8 == 0 and w // h <= 128 for w, h in heads)
+    attention = "cudnn" if (platform == "gpu" and dtype == "bfloat16" and fits) else "xla"
+  if attention == "cudnn" and dtype != "bfloat16":
+    raise ValueError(f"config.model.attention: cudnn needs bfloat16; model.dtype="
+                     f"{model_cfg.dtype!r} is {dtype} on {platform}.")
+  return dtype, (None if attention == "xla" else attention)
+
+
+def build(model_cfg, lsmm_cfg, num_bands, endmembers=None, platform=None):
   """KarmaMAE from the `model` and `lsmm` config groups and the data's bands.
 
   endmembers: optional (B, M) reflectance spectra to initialise A with
   (lsmm.init library / data / kmeans / vca); None: smooth random spectra.
   """
+  dtype, attention = compute_settings(model_cfg, platform)
   return KarmaMAE(
       num_bands=num_bands,
       patch_size=model_cfg.patch_size,
@@ -366,8 +446,8 @@ def build(model_cfg, lsmm_cfg, num_bands, endmembers=None):
       abundance_head=lsmm_cfg.head,
       max_reflectance=lsmm_cfg.max_reflectance,
       endmember_init=None if endmembers is None else constant_init(endmembers),
-      dtype=jnp.dtype(model_cfg.dtype),
-      attention=None if model_cfg.attention == "auto" else model_cfg.attention,
+      dtype=jnp.dtype(dtype),
+      attention=attention,
       remat=model_cfg.remat,
   )
 

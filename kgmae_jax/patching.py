@@ -55,12 +55,20 @@ def random_masking(rng, batch_size, num_tokens, mask_ratio):
     mask: (N, L) float32, 1 where the token is masked (hidden from the encoder).
   """
   keep = num_visible(num_tokens, mask_ratio)
-  noise = jax.random.uniform(rng, (batch_size, num_tokens))
-  ids_shuffle = jnp.argsort(noise, axis=1).astype(jnp.int32)
-  ids_restore = jnp.argsort(ids_shuffle, axis=1).astype(jnp.int32)
+  ids_shuffle, ids_restore = random_shuffle(rng, batch_size, num_tokens)
   ids_keep = ids_shuffle[:, :keep]
   mask = (ids_restore >= keep).astype(jnp.float32)
   return ids_keep, ids_restore, mask
+
+
+def random_shuffle(rng, batch_size, num_tokens):
+  """Per-sample random token order (argsort of uniform noise), as in
+  `random_masking`: (ids_shuffle, ids_restore), both (N, L) int32, inverse
+  permutations; the first `num_visible` of `ids_shuffle` are the visible
+  tokens."""
+  noise = jax.random.uniform(rng, (batch_size, num_tokens))
+  ids_shuffle = jnp.argsort(noise, axis=1).astype(jnp.int32)
+  return ids_shuffle, jnp.argsort(ids_shuffle, axis=1).astype(jnp.int32)
 
 
 def no_masking(batch_size, num_tokens):
@@ -71,5 +79,6 @@ def no_masking(batch_size, num_tokens):
 
 
 def gather_tokens(x, ids):
-  """x (N, L, D), ids (N, K) -> (N, K, D): per-sample token gather."""
-  return jnp.take_along_axis(x, ids[..., None], axis=1)
+  """x (N, L, ...), ids (N, K) -> (N, K, ...): per-sample token gather."""
+  return jnp.take_along_axis(x, ids.reshape(ids.shape + (1,) * (x.ndim - 2)),
+                             axis=1)

@@ -113,18 +113,37 @@ def make_train_step(model, tx, schedule, config, mean, std):
   batch: {'cube': (N, H, W, B) reflectance, 'valid': (N, H, W) bool}.
   rng is the run's base key; the step folds in `state.step`, so masking is a
   function of (seed, step) alone and a resumed run repeats it exactly.
+  The loss is `losses.fused_objective` on `model.train_forward`'s shuffled,
+  masked-only layout: the same terms and values as `losses.objective` on
+  `model.forward`'s (tests/test_losses.py), one pass over the pixels each way.
   """
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
-  mask_ratio = config.model.mask_ratio
   accum = config.train.grad_accum_steps
+  mask_ratio = config.model.mask_ratio
   settings = objective_settings(config)
+  on_visible = settings.pop("lsmm_on_visible")
 
   def loss_fn(params, mb):
-    res = model_lib.forward(model, params, mb["cube"], mb["valid"],
-                            mb["ids_keep"], mb["ids_restore"], mean, std)
-    return losses.objective(res, mb["token_mask"], mean=mean, std=std,
-                            **settings)
+    keep = patching.num_visible(mb["ids_shuffle"].shape[1], mask_ratio)
+    res = model_lib.train_forward(model, params, mb["cube"], mb["valid"],
+                                  mb["ids_shuffle"], mb["ids_restore"], keep,
+                                  mean, std)
+    lsmm = {}
+    if model.lsmm:
+      first = 0 if on_visible else keep  # Tokens the LSMM term covers.
+      refl, ok = res["refl"][:, first:], res["valid"][:, first:]
+      ab = res["abundances"][:, first:]
+      if ab.ndim == 3:  # Per token: A.a explains the patch's mean valid spectrum.
+        count = ok.sum(-1)
+        refl = jnp.where(ok[..., None] > 0, refl, 0.0).sum(-2) / jnp.maximum(
+            count, 1.0)[..., None]
+        ok = (count > 0).astype(jnp.float32)
+      lsmm = dict(abundances=ab, endmembers=res["endmembers"], lsmm_target=refl,
+                  lsmm_mask=ok)
+    return losses.fused_objective(res["pred"], res["target"], res["mask"],
+                                  mean=mean, std=std, outputs=res, **lsmm,
+                                  **settings)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -133,10 +152,9 @@ def make_train_step(model, tx, schedule, config, mean, std):
     cube, valid = batch["cube"], batch["valid"]
     n, h, w, _ = cube.shape
     num_tokens = (h // model.patch_size) * (w // model.patch_size)
-    ids_keep, ids_restore, token_mask = patching.random_masking(
-        rng, n, num_tokens, mask_ratio)
-    full = dict(cube=cube, valid=valid, ids_keep=ids_keep,
-                ids_restore=ids_restore, token_mask=token_mask)
+    ids_shuffle, ids_restore = patching.random_shuffle(rng, n, num_tokens)
+    full = dict(cube=cube, valid=valid, ids_shuffle=ids_shuffle,
+                ids_restore=ids_restore)
     if accum == 1:
       (total, aux), grads = grad_fn(state.params, full)
     else:
@@ -159,8 +177,9 @@ def make_train_step(model, tx, schedule, config, mean, std):
     params = optax.apply_updates(state.params, updates)
     metrics = dict(aux)
     metrics["loss"] = total
+    # The same reduction as the clipping's and the guard's (XLA computes it
+    # once). param_norm is the loop's, on log steps only (param_norm).
     metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["param_norm"] = optax.global_norm(params)
     metrics["lr"] = schedule(state.step)
     metrics["valid_frac"] = valid.mean()
     # Non-finite updates dropped so far (NonfinitePolicy.guard).
@@ -283,9 +302,9 @@ def check_finite(step_range, scalars):
 class NonfinitePolicy:
   """What a NaN/inf loss or gradient does (config.train.on_nonfinite), in one place.
 
-  On device, the optimiser never applies such an update: `guard(tx)` wraps it
-  in `optax.apply_if_finite`, which leaves params and moments unchanged and
-  counts the step (`metrics['skipped_steps']`).
+  On device, the optimiser never applies such an update: `guard(tx)` (optax's
+  `apply_if_finite` rule, select-based) leaves params and moments unchanged
+  and counts the step (`metrics['skipped_steps']`).
   On the host, the loop passes every step's metrics to `accept` before it logs
   or saves anything after that step: with 'error' the first bad step raises
   FloatingPointError (naming steps and terms, no checkpoint past the last good
@@ -300,8 +319,33 @@ class NonfinitePolicy:
 
   @staticmethod
   def guard(tx, max_in_a_row):
-    """`tx` dropping non-finite updates, up to `max_in_a_row` in a row."""
-    return optax.apply_if_finite(tx, max_in_a_row)
+    """`tx` dropping non-finite updates, up to `max_in_a_row` in a row.
+
+    `optax.apply_if_finite`'s rule and state, with selects instead of its
+    `lax.cond` (a conditional around the whole optimiser): the update is
+    always computed, and where the gradient's global norm (the reduction
+    clipping computes anyway) is not finite, the zero update and the old
+    moments are selected, element by element, in the same pass.
+    """
+
+    def init(params):
+      return optax.ApplyIfFiniteState(
+          notfinite_count=jnp.zeros((), jnp.int32), last_finite=jnp.array(True),
+          total_notfinite=jnp.zeros((), jnp.int32), inner_state=tx.init(params))
+
+    def update(updates, state, params=None):
+      finite = jnp.isfinite(optax.global_norm(updates))
+      count = jnp.where(finite, 0, state.notfinite_count + 1)
+      apply = finite | (count > max_in_a_row)
+      new, inner = tx.update(updates, state.inner_state, params)
+      pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(apply, x, y), a, b)
+      return (jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), new),
+              optax.ApplyIfFiniteState(
+                  notfinite_count=count, last_finite=finite,
+                  total_notfinite=state.total_notfinite + (~finite).astype(jnp.int32),
+                  inner_state=pick(inner, state.inner_state)))
+
+    return optax.GradientTransformation(init, update)
 
   def accept(self, step, scalars):
     """True if step's `scalars` are finite (log them); False if the step was
@@ -448,8 +492,11 @@ def _train_and_evaluate(config, workdir):
                           endmembers=endmembers)
   model, total = trainer.model, config.train.steps
   num_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
-  logging.info("Model: %.2fM parameters, %d bands, LSMM %s.", num_params / 1e6,
-               num_bands, "on" if model.lsmm else "off")
+  logging.info("Model: %.2fM parameters, %d bands, LSMM %s; compute %s, "
+               "attention %s (model.dtype=%r, model.attention=%r).",
+               num_params / 1e6, num_bands, "on" if model.lsmm else "off",
+               jnp.dtype(model.dtype).name, model.attention or "xla",
+               config.model.dtype, config.model.attention)
 
   # Resume from this workdir (newest readable checkpoint), else from scratch.
   # Everything opened from here to the end of training is closed by `cleanup`
@@ -483,6 +530,7 @@ def _train_and_evaluate(config, workdir):
     eval_every = config.evals.every_steps  # Held-out evaluation (0: off).
     evaluator = evaluate.Evaluator(model, config, stats, meta["class_names"],
                                    baselines=False) if eval_every else None
+    param_norm = jax.jit(optax.global_norm)  # Log steps only, not in the step.
     unchecked, last_log, t0 = [], start, time.perf_counter()
     stop = cleanup.enter_context(_StopRequests())
     for step in range(start + 1, total + 1):
@@ -506,6 +554,7 @@ def _train_and_evaluate(config, workdir):
       if log_now and window:
         scalars = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
         scalars["skipped_steps"] = window[-1]["skipped_steps"]
+        scalars["param_norm"] = float(param_norm(state.params))  # At `step`.
         rate = (step - last_log) / (time.perf_counter() - t0)
         scalars["steps_per_sec"] = rate
         writer.write(step, scalars)

@@ -73,3 +73,22 @@ def test_analytic_flops_match_hand_count():
   extra = (196 * 512 * 256 + 196 * 55808 * 256 + 196 * 256 * 256 * 8
            + 196 * 256 * 8 * 218)
   assert sb.analytic_flops_per_image(c, 218) == 6 * (hand + extra)
+
+
+def test_cost_table_from_the_compiled_step(tmp_path):
+  """--cost compiles (nothing runs) KARMA, KARMA with the token head and MAE and
+  prints GFLOP and GB per image, differenced over two batch sizes."""
+  script = str(ROOT / "benchmarks" / "step_benchmark.py")
+  argv = [script, "--preset", "tiny", "--cost", "--out", str(tmp_path)]
+  code = RUNNER.format(blocked=BLOCKED, argv=argv, script=script)
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  table = (tmp_path / "cost.md").read_text()
+  assert "| model | GFLOP / image | GB accessed / image |" in table
+  rows = {line.split("|")[1].strip(): [float(x) for x in line.split("|")[2:4]]
+          for line in table.splitlines() if line.startswith(("| karma", "| mae"))}
+  assert set(rows) == {"karma", "karma_token", "mae"}
+  assert all(v > 0 for r in rows.values() for v in r)
+  assert rows["karma"][0] > rows["karma_token"][0] >= rows["mae"][0]  # GFLOP.
+  assert "karma_token / mae: FLOPs" in table and table in out.stdout

@@ -487,3 +487,80 @@ def test_registered_term_is_weighted_logged_and_named():
     losses.objective(res, jnp.ones((1, 2)), {"toy": 1.0}, mean=None, std=None)
   with pytest.raises(ValueError, match="reserved"):
     losses.register_term("loss", lambda x: 0.0)
+
+
+# ---- fused_objective (the train step's path) ------------------------------------------------
+@pytest.mark.parametrize("per_pixel", [True, False])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_fused_objective_equals_objective(per_pixel, dtype):
+  """Values and gradients (pred, abundances, endmembers) equal `objective`'s on the
+  same pixels: NaN targets at invalid pixels, a token without valid pixels."""
+  n, l, p, b, m = 3, 4, 9, 7, 3
+  rng = np.random.default_rng(5 + per_pixel)
+  mean = jnp.asarray(rng.uniform(0.1, 0.4, b), jnp.float32)
+  std = jnp.asarray(rng.uniform(0.05, 0.2, b), jnp.float32)
+  refl = rng.uniform(0.0, 0.8, (n, l, p, b)).astype(np.float32)
+  valid = rng.random((n, l, p)) > 0.2
+  valid[0, 0] = False
+  refl[~valid] = np.nan
+  pred = jnp.asarray(rng.normal(size=(n, l, p, b)), dtype)
+  ab_shape = (n, l, p, m) if per_pixel else (n, l, m)
+  ab = jax.nn.softmax(jnp.asarray(rng.normal(size=ab_shape), jnp.float32))
+  em = jnp.asarray(rng.uniform(0.05, 0.7, (b, m)), jnp.float32)
+  token_mask = jnp.asarray(rng.random((n, l)) > 0.5, jnp.float32)
+  pixel_mask = token_mask[..., None] * valid
+  if per_pixel:
+    lsmm_target, lsmm_mask = np.nan_to_num(refl), jnp.asarray(valid, jnp.float32)
+  else:
+    count = valid.sum(-1)
+    lsmm_target = np.nan_to_num(refl).sum(-2) / np.maximum(count, 1)[..., None]
+    lsmm_mask = jnp.asarray(count > 0, jnp.float32)
+  weights = {"huber": 1.0, "sam": 0.8, "lsmm": 0.5}
+  kw = dict(mean=mean, std=std, huber_delta=0.7, lsmm_sam_weight=0.6)
+
+  def fused(pred, ab, em):
+    return losses.fused_objective(pred, refl, pixel_mask, weights, abundances=ab,
+                                  endmembers=em, lsmm_target=lsmm_target,
+                                  lsmm_mask=lsmm_mask, **kw)
+
+  def reference(pred, ab, em):
+    target = jnp.where(jnp.asarray(valid)[..., None], (np.nan_to_num(refl) - mean) / std, 0.0)
+    return losses.karma_loss(pred.astype(jnp.float32), target, pixel_mask,
+                             mixed=losses.lsmm_mix(ab, em), weights=tuple(weights.values()),
+                             lsmm_target=lsmm_target, lsmm_mask=lsmm_mask, **kw)
+
+  grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
+  (v_f, aux_f), g_f = grad(fused)(pred, ab, em)
+  (v_r, aux_r), g_r = grad(reference)(pred, ab, em)
+  assert list(aux_f) == list(aux_r)
+  for k in aux_r:
+    np.testing.assert_allclose(aux_f[k], aux_r[k], rtol=2e-5, atol=1e-6, err_msg=k)
+  np.testing.assert_allclose(v_f, v_r, rtol=2e-5)
+  assert g_f[0].dtype == dtype
+  for a, b_ in zip(g_f, g_r):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b_, np.float32),
+                               rtol=2e-3 if dtype == jnp.bfloat16 else 1e-4, atol=1e-6)
+
+
+def test_fused_objective_zero_weight_computes_nothing_and_logs_zero():
+  pred = jnp.ones((2, 3, 4))
+  target = jnp.full((2, 3, 4), 0.5)
+  mask = jnp.ones((2, 3))
+  f = lambda pred: losses.fused_objective(pred, target, mask, {"huber": 1.0, "sam": 0.0,
+                                                              "lsmm": 0.0}, mean=None, std=None)
+  total, aux = f(pred)
+  assert set(aux) == {"huber", "huber_raw", "sam", "lsmm", "total"}
+  assert float(aux["sam"]) == 0.0 and float(aux["lsmm"]) == 0.0
+  assert losses.term_names(aux) == ["huber", "sam", "lsmm"]
+  np.testing.assert_allclose(total, 0.125)
+  hlo = jax.jit(jax.grad(lambda p: f(p)[0])).lower(pred).as_text()
+  assert "atan2" not in hlo  # No SAM anywhere in the step.
+
+
+def test_angle_from_sums_matches_spectral_angle():
+  rng = np.random.default_rng(7)
+  p, t = data((50, 30), rng), data((50, 30), rng)
+  got = losses.angle_from_sums(jnp.sum(p * t, -1), jnp.sum(p * p, -1), jnp.sum(t * t, -1))
+  np.testing.assert_allclose(got, spectral_angle(p, t), atol=2e-6)
+  zero = losses.angle_from_sums(jnp.zeros(2), jnp.zeros(2), jnp.ones(2))
+  np.testing.assert_allclose(zero, [math.pi / 2] * 2)

@@ -51,7 +51,7 @@ def test_step_metrics_and_loss_decreases():
   config = tiny_config.get()
   config.train.steps = 40
   _, ms = run_steps(config, jax.devices()[:1], steps=40)
-  for k in ("loss", "huber", "sam", "lsmm", "grad_norm", "param_norm", "lr"):
+  for k in ("loss", "huber", "sam", "lsmm", "grad_norm", "lr"):
     assert np.isfinite(ms[-1][k]), k
   np.testing.assert_allclose(
       ms[-1]["loss"], ms[-1]["huber"] + ms[-1]["sam"] + ms[-1]["lsmm"], rtol=1e-5)
@@ -188,3 +188,25 @@ def test_a_fourth_loss_term_needs_only_losses_and_the_config(toy_term):
   config.loss.toy = -1.0
   with pytest.raises(ValueError, match="config.loss.toy: must be >= 0"):
     config_lib.validate(config)
+
+
+def test_step_compiles_without_a_conditional_and_skips_a_nonfinite_update():
+  """The guard selects (no `conditional` around the optimiser); a NaN gradient
+  leaves params and moments as they were and is counted."""
+  config = tiny_config.get()
+  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+  trainer = train.build_trainer(config, mesh, BANDS, np.full(BANDS, 0.3, np.float32),
+                                np.full(BANDS, 0.15, np.float32))
+  state = trainer.init(jax.random.key(0))
+  batch = sharding.put_batch(batch_of(0), trainer.batch_sharding)
+  hlo = trainer.step.lower(state, batch, jax.random.key(1)).compile().as_text()
+  assert " conditional(" not in hlo
+  before = jax.device_get(state)
+  bad = dict(batch_of(0))
+  bad["cube"] = np.full_like(bad["cube"], np.inf)
+  state, m = trainer.step(state, sharding.put_batch(bad, trainer.batch_sharding),
+                          jax.random.key(1))
+  assert not np.isfinite(float(m["grad_norm"])) and int(m["skipped_steps"]) == 1
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), before.params)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.opt_state.inner_state),
+               before.opt_state.inner_state)

@@ -79,6 +79,7 @@ def test_outputs(reference):
       assert np.isfinite(saved["reconstruction"][row][metric]), (row, metric)
   assert saved["unmixing"]["sad_deg_mean"] >= 0
   assert [r["step"] for r in log_rows(workdir)] == [2, 4, 6, 8]
+  assert all(r["param_norm"] > 0 for r in log_rows(workdir))  # The loop's, at log steps.
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [4, 8]
   meta, _ = final_params(workdir, None)
   assert meta["num_bands"] == 218 and len(meta["wavelengths_nm"]) == 218
