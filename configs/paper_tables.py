@@ -20,6 +20,31 @@ from kgmae_jax import config_lib
 
 PRESETS = ("tiny", "small", "medium", "full")
 
+# Sizes of the CPU presets, one row each (`full` keeps base_config's).
+_FIELDS = ("data.tile_size", "data.num_train", "data.num_test",
+           "data.num_test_b", "model", "optim.warmup_steps",
+           "train.batch_size", "train.steps", "train.log_every",
+           "ckpt.every_steps", "evals.num_tiles", "evals.batch_size",
+           "tables.vca_pixels", "tables.downstream.batch_size",
+           "tables.downstream.conv_width")
+_SIZES = {
+    # 64 tokens per tile (patch 4); about an hour for the main comparison.
+    "medium": (32, 512, 64, 64, "tiny", 100, 32, 1000, 50, 1000, 64, 32,
+               8192, 16, 32),
+    # 16 tokens per tile; every ablation.
+    "small": (16, 128, 32, 32, "tiny", 30, 16, 300, 25, 300, 32, 16, 4096,
+              32, 32),
+    # Seconds per run, for tests/test_tables.py (SSIM needs >= 11x11 tiles).
+    "tiny": (16, 16, 4, 4, "micro", 1, 8, 3, 1, 3, 4, 4, 256, 8, 8),
+}
+
+
+def _set(c, field, value):
+  *groups, key = field.split(".")
+  for group in groups:
+    c = c[group]
+  c[key] = value
+
 
 def get_config(arg=None):
   preset = arg or "small"
@@ -36,59 +61,17 @@ def get_config(arg=None):
   c.optim.lr = 2e-3
   c.optim.final_lr_frac = 0.05
   c.evals.num_plot = 2
-  if preset == "medium":
+  c.ckpt.keep = 1
+  for field, value in zip(_FIELDS, _SIZES[preset]):
+    if field == "model":
+      config_lib.model_preset(c, value)
+    else:
+      _set(c, field, value)
+  if preset == "medium":  # The main comparison, with learning curves.
     c.tables.runs = ("mae", "karma")
     c.tables.curve_points = 4
-    c.data.tile_size = 32
-    c.data.num_train = 512
-    c.data.num_test = 64
-    c.data.num_test_b = 64
-    config_lib.model_preset(c, "tiny")  # Patch 4: 64 tokens per tile.
-    c.optim.warmup_steps = 100
-    c.train.batch_size = 32
-    c.train.steps = 1000
-    c.train.log_every = 50
-    c.ckpt.keep = 1
-    c.evals.num_tiles = 64
-    c.evals.batch_size = 32
-    c.tables.vca_pixels = 8192
-    c.tables.downstream.batch_size = 16
-    c.tables.downstream.conv_width = 32
-  elif preset == "small":
-    c.data.tile_size = 16
-    c.data.num_train = 128
-    c.data.num_test = 32
-    c.data.num_test_b = 32
-    config_lib.model_preset(c, "tiny")  # Patch 4: 16 tokens per tile.
-    c.optim.warmup_steps = 30
-    c.train.batch_size = 16
-    c.train.steps = 300
-    c.train.log_every = 25
-    c.ckpt.every_steps = 300
-    c.ckpt.keep = 1
-    c.evals.num_tiles = 32
-    c.evals.batch_size = 16
-    c.tables.vca_pixels = 4096
-    c.tables.downstream.batch_size = 32
-    c.tables.downstream.conv_width = 32
-  else:  # tiny: seconds per run, for tests/test_tables.py.
-    c.data.tile_size = 16  # SSIM needs at least 11x11.
-    c.data.num_train = 16
-    c.data.num_test = 4
-    c.data.num_test_b = 4
-    config_lib.model_preset(c, "micro")
-    c.optim.warmup_steps = 1
-    c.train.batch_size = 8
-    c.train.steps = 3
-    c.train.log_every = 1
-    c.ckpt.every_steps = 3
-    c.ckpt.keep = 1
-    c.evals.num_tiles = 4
-    c.evals.batch_size = 4
+  elif preset == "tiny":
     c.tables.seeds = (0,)
     c.tables.curve_points = 3  # A checkpoint at every step.
-    c.tables.vca_pixels = 256
     c.tables.downstream.steps = 3
-    c.tables.downstream.batch_size = 8
-    c.tables.downstream.conv_width = 8
   return c
