@@ -47,7 +47,7 @@ def test_band_stats_match_numpy(cfg):
 
 def test_metadata(cfg):
   np.testing.assert_array_equal(data.wavelengths(cfg), enmap.WAVELENGTHS_NM)
-  assert data.class_names(cfg)[0] == 'soil' and len(data.class_names(cfg)) == 6
+  assert data.class_names(cfg)[0] == 'soil' and len(data.class_names(cfg)) == 10
   with pytest.raises(ValueError, match='Unknown data set'):
     data.wavelengths(_config(cfg.data_dir, name='nope'))
 
@@ -104,8 +104,8 @@ def test_eval_batches_cover_each_tile_once(cfg):
   np.testing.assert_array_equal(
       np.concatenate([b['cube'] for b in batches]), _train_tiles(cfg))
   first = batches[0]
-  assert first['abundances'].shape == (4, 8, 8, 6)
-  assert first['endmembers'].shape == (4, 6, enmap.NUM_BANDS)
+  assert first['abundances'].shape == (4, 8, 8, 10)
+  assert first['endmembers'].shape == (4, 10, enmap.NUM_BANDS)
   assert first['labels'].shape == first['valid'].shape == (4, 8, 8)
   assert first['region'].shape == (4,) and not first['region'].any()
   assert first['region'].dtype == np.int32 and first['labels'].dtype == np.int32
