@@ -28,7 +28,7 @@ def base_config():
   c.data.seed = 0  # Generator seed: a new seed is a new data set.
   c.data.num_bands = 0  # Expected band count; 0 takes it from the data set.
   c.data.num_workers = 0  # grain reader threads; 0 reads in the main thread.
-  # Real data (name 'enmap_l2a' or 'own_scene'; see enmap_l2a.py, scene.py).
+  # Real data (name 'enmap_l2a' or 'own_scene'; see enmap_l2a.py, scene.py, readers.py).
   c.data.manual_dir = ""  # enmap_l2a: folder of L2A products; '' -> <data_dir>/downloads/manual.
   c.data.scene = ""  # own_scene: the cube, GeoTIFF / ENVI .hdr / .npy (H, W, B).
   c.data.wavelengths_file = ""  # own_scene: band centres, one per line; '' -> from the file.

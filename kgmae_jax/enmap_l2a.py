@@ -42,6 +42,7 @@ import numpy as np
 import rasterio
 
 from kgmae_jax import enmap
+from kgmae_jax import readers
 from kgmae_jax import scene
 
 FILL = -32768
@@ -130,7 +131,7 @@ def parse_metadata(xml_bytes) -> dict[str, np.ndarray]:
   return dict(zip(('wavelengths_nm', 'fwhm_nm', 'gain', 'offset'), arr.T))
 
 
-class L2AProduct(scene.Reader):
+class L2AProduct(readers.Reader):
   """Windowed reader of one product."""
 
   def __init__(self, ref: ProductRef, scale=0.0):
@@ -164,12 +165,12 @@ class L2AProduct(scene.Reader):
   def read_values(self, row, col, height, width):
     """(h, w, 218) reflectance; a pixel with any fill value or a quality flag
     set is NaN in every band (the product's validity is per pixel)."""
-    raw = scene.read_window(self._src, row, col, height, width, FILL)
+    raw = readers.read_window(self._src, row, col, height, width, FILL)
     self._dropped_not_fill += int((raw[_DROPPED] != FILL).sum())
     raw = np.moveaxis(raw[_KEPT], 0, -1)  # (h, w, 218) int16
     valid = ~(raw == FILL).any(-1)
     for q in self._quality:
-      flags = scene.read_window(q, row, col, height, width, 0)
+      flags = readers.read_window(q, row, col, height, width, 0)
       valid &= ~(flags != 0).any(0)
     cube = raw.astype(np.float32) * self._gain + self._offset
     cube[~valid] = np.nan

@@ -299,22 +299,22 @@ def open_image(loaded, path, *, scale=None, nodata=None, wavelengths=''):
   A file (not an L2A product) gives the bands the model was trained on: those
   left after `config.data.drop_bands` / `drop_ranges_nm`.
 
-  The reader is a `scene.Reader`: `shape` (H, W, B), `read(row, col, h, w)`
+  The reader is a `readers.Reader`: `shape` (H, W, B), `read(row, col, h, w)`
   -> (cube, valid), `name`, `crs`, `transform` and `close()`. Raises
   ValueError naming both shapes when B is not the model's band count.
   """
   from kgmae_jax import enmap_l2a  # pylint: disable=g-import-not-at-top
-  from kgmae_jax import scene  # pylint: disable=g-import-not-at-top
+  from kgmae_jax import readers  # pylint: disable=g-import-not-at-top
   d = loaded.config.data
   scale = d.reflectance_scale if scale is None else scale
   if enmap_l2a.is_product(path):
     reader = enmap_l2a.open_product(path, scale)
   else:
-    reader = scene.open_scene(path, scale=scale or 1.0,
-                              nodata=d.nodata if nodata is None else nodata,
-                              wavelengths_file=wavelengths,
-                              drop_bands=d.drop_bands,
-                              drop_ranges_nm=d.drop_ranges_nm)
+    reader = readers.open_scene(path, scale=scale or 1.0,
+                                nodata=d.nodata if nodata is None else nodata,
+                                wavelengths_file=wavelengths,
+                                drop_bands=d.drop_bands,
+                                drop_ranges_nm=d.drop_ranges_nm)
   h, w, b = reader.shape
   want, t = loaded.model.num_bands, d.tile_size
   if b != want:

@@ -30,7 +30,7 @@ from absl import logging
 import numpy as np
 
 from kgmae_jax import inference
-from kgmae_jax import scene as scene_lib
+from kgmae_jax import readers
 
 WHATS = inference.WHATS
 
@@ -44,7 +44,7 @@ def write_geotiff(path, array, *, crs, transform, factor=1, descriptions=()):
   affine = rio_transform.Affine(*transform) @ rio_transform.Affine.scale(factor)
   profile = dict(driver='GTiff', height=h, width=w, count=c, dtype='float32',
                  nodata=np.nan, compress='deflate')
-  if crs or tuple(transform) != scene_lib.IDENTITY:  # Else pixel coordinates.
+  if crs or tuple(transform) != readers.IDENTITY:  # Else pixel coordinates.
     profile.update(transform=affine, crs=crs or None)
   if h >= 16 and w >= 16:
     profile.update(tiled=True, blockxsize=min(256, w // 16 * 16),
@@ -83,8 +83,8 @@ def predict_array(loaded, reader, what, *, tile=None, overlap=None,
   def read(row, col, size):
     cube, valid = reader.read(r0 + row, c0 + col, size, size)
     if not checked and valid.any():
-      scene_lib.check_reflectance(cube[valid], scale_field='--scale',
-                                  nodata_field='--nodata', where=reader.name)
+      readers.check_reflectance(cube[valid], scale_field='--scale',
+                                nodata_field='--nodata', where=reader.name)
       checked.append(True)
     return cube, valid
 
@@ -156,7 +156,7 @@ def check_paths(workdir, input_path, output):
   inp, out = pathlib.Path(input_path), pathlib.Path(output)
   inputs = {inp, inp.with_suffix('.hdr')}
   if inp.suffix.lower() == '.hdr':  # ENVI: the data file next to the header.
-    inputs |= {inp.with_suffix(e) for e in scene_lib._ENVI_DATA_EXTS}  # pylint: disable=protected-access
+    inputs |= {inp.with_suffix(e) for e in readers._ENVI_DATA_EXTS}  # pylint: disable=protected-access
   if out.resolve() in {p.resolve() for p in inputs}:
     raise ValueError(f'--output {output} is the input file {input_path} (or '
                      'part of it): it would be overwritten; write elsewhere.')

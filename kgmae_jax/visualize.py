@@ -24,7 +24,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from kgmae_jax import enmap  # pylint: disable=g-import-not-at-top
 from kgmae_jax import inference  # pylint: disable=g-import-not-at-top
 from kgmae_jax import plots  # pylint: disable=g-import-not-at-top
-from kgmae_jax import scene  # pylint: disable=g-import-not-at-top
+from kgmae_jax import readers  # pylint: disable=g-import-not-at-top
 from kgmae_jax import unmixing  # pylint: disable=g-import-not-at-top
 
 _MAX_WINDOW = 256
@@ -67,8 +67,8 @@ def figure(workdir, input_path, output, *, pixels=None, window=None,
   r0, c0, wh, ww = window
   cube, valid = reader.read(r0, c0, wh, ww)
   reader.close()
-  scene.check_reflectance(cube[valid], scale_field='--scale',
-                          nodata_field='--nodata', where=reader.name)
+  readers.check_reflectance(cube[valid], scale_field='--scale',
+                            nodata_field='--nodata', where=reader.name)
   recon = inference.reconstruct(loaded, cube, valid, tile=tile)
   abund = (inference.unmix(loaded, cube, valid, tile=tile)[0]
            if loaded.model.lsmm else None)

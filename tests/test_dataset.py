@@ -1,5 +1,5 @@
 """The data-set contract: every builder implements dataset.DataSet, every
-reader scene.Reader, and data.py relies on nothing else."""
+reader readers.Reader, and data.py relies on nothing else."""
 
 import ast
 import inspect
@@ -9,6 +9,7 @@ from kgmae_jax import config_lib
 from kgmae_jax import data
 from kgmae_jax import dataset
 from kgmae_jax import enmap_l2a
+from kgmae_jax import readers
 from kgmae_jax import scene
 
 
@@ -25,8 +26,8 @@ def test_every_builder_implements_the_contract():
 
 
 def test_every_reader_implements_the_reader_interface():
-  for cls in (scene.RasterScene, scene.NpyScene, enmap_l2a.L2AProduct):
-    assert issubclass(cls, scene.Reader) and not inspect.isabstract(cls)
+  for cls in (readers.RasterScene, readers.NpyScene, enmap_l2a.L2AProduct):
+    assert issubclass(cls, readers.Reader) and not inspect.isabstract(cls)
 
 
 def test_data_py_does_not_probe_builders():

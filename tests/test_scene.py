@@ -18,6 +18,7 @@ from kgmae_jax import data
 from kgmae_jax import inference
 from kgmae_jax import predict
 from kgmae_jax import report
+from kgmae_jax import readers
 from kgmae_jax import scene
 from kgmae_jax import train
 from kgmae_jax import unmixing
@@ -108,12 +109,12 @@ def run(files):
 
 def test_readers_agree(files):
   root = files['root']
-  readers = [scene.open_scene(root / 'cube.npy', scale=1e-4, nodata=NODATA,
-                              wavelengths_file=root / 'wl.csv'),
-             scene.open_scene(root / 'cube.tif', scale=1e-4, nodata=NODATA),
-             scene.open_scene(root / 'cube.hdr', scale=1e-4, nodata=NODATA)]
+  opened = [readers.open_scene(root / 'cube.npy', scale=1e-4, nodata=NODATA,
+                               wavelengths_file=root / 'wl.csv'),
+            readers.open_scene(root / 'cube.tif', scale=1e-4, nodata=NODATA),
+            readers.open_scene(root / 'cube.hdr', scale=1e-4, nodata=NODATA)]
   want = files['cube'] * np.float32(1e-4)
-  for r in readers:
+  for r in opened:
     np.testing.assert_allclose(r.wavelengths_nm, WAVELENGTHS, atol=1e-3)
     cube, valid = r.read(-2, 40, 16, 16)  # Past the top and right borders.
     np.testing.assert_array_equal(valid[2:, :8], files['valid'][:14, 40:])
@@ -121,8 +122,8 @@ def test_readers_agree(files):
     np.testing.assert_allclose(cube[2:, :8][valid[2:, :8]],
                                want[:14, 40:][files['valid'][:14, 40:]])
     assert np.isnan(cube[~valid]).all()
-  assert readers[1].crs and readers[1].transform == tuple(TRANSFORM)[:6]
-  assert readers[0].transform == scene.IDENTITY
+  assert opened[1].crs and opened[1].transform == tuple(TRANSFORM)[:6]
+  assert opened[0].transform == readers.IDENTITY
 
 
 def test_tile_grid_covers_and_keeps_test_apart():
@@ -191,11 +192,11 @@ def test_implausible_values_name_the_field(files, tmp_path):
     data.prepared_builder(c.data)
   c.data.scene, c.data.wavelengths_file = str(root / 'cube.npy'), ''
   with pytest.raises(ValueError, match=r'config.data.wavelengths_file'):
-    scene.open_scene(c.data.scene)
+    readers.open_scene(c.data.scene)
   (tmp_path / 'short.txt').write_text('500\n600\n')
   with pytest.raises(ValueError, match=r'wavelengths_file: 2 wavelengths for '
                      'the 198 bands'):
-    scene.open_scene(c.data.scene, wavelengths_file=tmp_path / 'short.txt')
+    readers.open_scene(c.data.scene, wavelengths_file=tmp_path / 'short.txt')
 
 
 def test_predict_on_raw_values_names_the_flag(run, files, tmp_path):
@@ -289,8 +290,8 @@ def test_bad_bands_are_named_and_dropped_by_index_or_range(files, tmp_path):
   tile, valid = reader.read(0, 0, 16, 16)
   assert valid[:4].all() and np.isfinite(tile[valid]).all()
   with pytest.raises(ValueError, match=r'config.data.drop_bands: band 500 '):
-    scene.open_scene(tmp_path / 'bad.npy', drop_bands=(500,),
-                     wavelengths_file=files['root'] / 'wl.csv')
+    readers.open_scene(tmp_path / 'bad.npy', drop_bands=(500,),
+                       wavelengths_file=files['root'] / 'wl.csv')
 
 
 @pytest.mark.parametrize('kwargs, message', [
@@ -314,5 +315,5 @@ def test_channel_first_npy_gets_a_hint(files, tmp_path):
   np.save(tmp_path / 'bhw.npy', np.moveaxis(files['cube'][:, :40], -1, 0))
   with pytest.raises(ValueError, match=r'198 wavelengths for the 40 bands .* '
                      r'channel-first \(B, H, W\)'):
-    scene.open_scene(tmp_path / 'bhw.npy',
-                     wavelengths_file=files['root'] / 'wl.csv')
+    readers.open_scene(tmp_path / 'bhw.npy',
+                       wavelengths_file=files['root'] / 'wl.csv')
