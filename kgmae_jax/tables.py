@@ -114,12 +114,12 @@ def run_config(config, name, seed, m_true):
   return cfg
 
 
-def restore_model(config, workdir, pretrained=True):
-  """(model, params): the latest checkpoint of `workdir`, or with
+def restore_model(config, workdir, pretrained=True, step=None):
+  """(model, params): checkpoint `step` (default latest) of `workdir`, or with
   pretrained=False the init of config.seed (the untrained encoder; the same
   parameters train_and_evaluate starts from with lsmm.init 'random')."""
   if pretrained:
-    loaded = inference.load(workdir)
+    loaded = inference.load(workdir, step=step)
     return loaded.model, loaded.params
   model = model_lib.build(config.model, config.lsmm,
                           len(data.wavelengths(config.data)))
@@ -146,20 +146,23 @@ def _downstream(config, path, featurizer, class_names, seed, full):
 def _encoder(config, wd, pretrained=True, step=None):
   """featurizer() of a run's checkpoint (or its untrained init)."""
   def featurizer():
-    if pretrained and step is not None:
-      loaded = inference.load(wd, step=step)
-      model, params = loaded.model, loaded.params
-    else:
-      model, params = restore_model(config, wd, pretrained)
+    model, params = restore_model(config, wd, pretrained, step)
     return (downstream.encoder_featurizer(model, params,
                                           data.band_stats(config.data)),
             model.patch_size)
   return featurizer
 
 
-def learning_curve(config, cfg, wd, class_names, seed):
+def _raw_spectra(config):
+  """featurizer() of the raw-spectra floor (no encoder)."""
+  p = config.model.patch_size
+  return lambda: (downstream.raw_featurizer(p, data.band_stats(config.data)), p)
+
+
+def learning_curve(config, cfg, wd, class_names, seed, final):
   """{step: linear-probe metrics (all label fractions, region A held out)}
-  of every checkpoint a CURVE_RUNS run kept; cached in curve.json."""
+  of every checkpoint a CURVE_RUNS run kept; cached in curve.json. The last
+  step's are `final`'s (the run's downstream.json), not computed again."""
   path = wd / "curve.json"
   if path.exists():
     return json.loads(path.read_text())
@@ -170,11 +173,14 @@ def learning_curve(config, cfg, wd, class_names, seed):
   try:
     steps = ckpt.all_steps()
   finally:
-    ckpt.manager.close()
+    ckpt.close()
   out = {}
   for step in steps:
-    res = downstream.evaluate(*_encoder(cfg, wd, step=step)(), cc,
-                              class_names, seed, splits=("test",))
+    if step == cfg.train.steps:
+      res = final
+    else:
+      res = downstream.evaluate(*_encoder(cfg, wd, step=step)(), cc,
+                                class_names, seed, splits=("test",))
     out[str(step)] = {frac: r["test"] for frac, r in res["linear"].items()}
     logging.info("tables: learning curve, %s step %d done.", wd, step)
   report.write_json(path, out)
@@ -251,7 +257,8 @@ def collect(config, workdir):
                        class_names, seed, name in FULL_DOWNSTREAM)
       record = {"summary": summary, "downstream": ds, "workdir": str(wd)}
       if tc.curve_points and name in CURVE_RUNS:
-        record["curve"] = learning_curve(config, cfg, wd, class_names, seed)
+        record["curve"] = learning_curve(config, cfg, wd, class_names, seed,
+                                         final=ds)
       records[name].append(record)
     # Controls: an untrained encoder, raw spectra, classic unmixing baselines.
     cfg = run_config(config, "karma", seed, m_true)
@@ -263,11 +270,8 @@ def collect(config, workdir):
     records["random_encoder"].append({"downstream": ds})
     wd = epath.Path(workdir) / "runs" / "raw_spectra" / f"seed{seed}"
     wd.mkdir(parents=True, exist_ok=True)
-    raw = lambda: (downstream.raw_featurizer(
-        config.model.patch_size, data.band_stats(config.data)),
-                   config.model.patch_size)
-    ds = _downstream(config, wd / "downstream.json", raw, class_names, seed,
-                     True)
+    ds = _downstream(config, wd / "downstream.json", _raw_spectra(config),
+                     class_names, seed, True)
     records["raw_spectra"].append({"downstream": ds})
     wd = epath.Path(workdir) / "runs" / "baselines" / f"seed{seed}"
     wd.mkdir(parents=True, exist_ok=True)
