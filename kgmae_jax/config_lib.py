@@ -9,6 +9,7 @@ before anything is built and raises a `ValueError` that names the field.
 import ml_collections
 
 from kgmae_jax import losses
+from kgmae_jax import tokenizers
 
 
 def base_config():
@@ -36,6 +37,8 @@ def base_config():
   c.data.nodata = -32768.0  # own_scene: raw value of missing pixels (NaN always is).
   c.data.drop_bands = ()  # own_scene: 0-based file band indices left out (dead or empty detectors).
   c.data.drop_ranges_nm = ()  # own_scene: ((lo, hi), ...) nm ranges whose bands are left out.
+  c.data.labels = ""  # own_scene: class map (.npy (H, W) or one-band raster, 0 = unlabelled) for scene_classification; never read by pretraining.
+  c.data.label_names = ()  # own_scene: names of the class map's classes, in increasing id order.
   c.data.tile_overlap = 0  # Pixels shared by neighbouring tiles (enmap_l2a, own_scene).
   c.data.min_valid_fraction = 0.5  # Tiles with fewer valid pixels are dropped.
   c.data.test_fraction = 0.1  # Bottom share of each scene's rows held out as 'test'.
@@ -55,6 +58,10 @@ def base_config():
   c.model.dtype = "auto"  # Compute dtype (params stay float32): auto (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16.
   c.model.attention = "auto"  # auto (cudnn on a GPU in bfloat16, else xla), xla or cudnn (GPU, bfloat16 only).
   c.model.remat = False  # Rematerialise transformer blocks (saves memory).
+  c.model.tokenizer = "linear"  # linear (paper: Dense per patch), adapter (1-D convs per pixel first), band_groups (a token per patch x band group); tokenizers.py.
+  c.model.adapter_channels = (32, 64, 128)  # adapter: channels of its 3 convolutions (kernel/stride 7/5, 7/5, 5/3).
+  c.model.adapter_dim = 32  # adapter: features per pixel fed to the patch embedding.
+  c.model.band_groups = 8  # band_groups: G groups of adjacent bands (encoder sees K*G tokens).
 
   c.lsmm = ml_collections.ConfigDict()
   c.lsmm.enabled = True  # LSMM branch on; off gives the plain ViT-MAE.
@@ -132,6 +139,12 @@ _LEGACY = {
     "data.drop_ranges_nm": (),
     "train.allow_config_change": False,
     "evals.every_steps": 0,
+    "data.labels": "",
+    "data.label_names": (),
+    "model.tokenizer": "linear",  # The paper's patch embedding only.
+    "model.adapter_channels": (32, 64, 128),
+    "model.adapter_dim": 32,
+    "model.band_groups": 8,
 }
 
 
@@ -197,6 +210,8 @@ def validate(c, num_devices=None, num_bands=None):
        f"must be >= 0 (0: automatic), got {d.reflectance_scale}.")
   need(d.name == "own_scene" or not (d.drop_bands or d.drop_ranges_nm),
        "data.drop_bands", f"only own_scene builds drop bands, not {d.name!r}.")
+  need(not d.labels or d.name == "own_scene", "data.labels",
+       f"class maps go with own_scene cubes, not {d.name!r}.")
   need(d.name != "own_scene" or d.scene, "data.scene",
        "own_scene needs the path of a cube (.tif, ENVI .hdr or .npy).")
   t, p = c.data.tile_size, m.patch_size
@@ -219,6 +234,14 @@ def validate(c, num_devices=None, num_bands=None):
        f"one of {_ATTENTION}, got {m.attention!r}.")
   need(m.attention != "cudnn" or m.dtype in ("bfloat16", "auto"), "model.attention",
        "cudnn attention needs model.dtype='bfloat16' (or 'auto' on a GPU).")
+  need(m.tokenizer in tokenizers.TOKENIZERS, "model.tokenizer",
+       f"one of {tokenizers.TOKENIZERS}, got {m.tokenizer!r}.")
+  need(len(m.adapter_channels) == len(tokenizers.ADAPTER_CONVS)
+       and min(m.adapter_channels) >= 1, "model.adapter_channels",
+       f"{len(tokenizers.ADAPTER_CONVS)} positive channel counts, got "
+       f"{tuple(m.adapter_channels)}.")
+  need(m.adapter_dim >= 1, "model.adapter_dim", f"must be >= 1, got {m.adapter_dim}.")
+  need(m.band_groups >= 1, "model.band_groups", f"must be >= 1, got {m.band_groups}.")
   need(c.lsmm.num_endmembers >= 1, "lsmm.num_endmembers",
        f"must be >= 1, got {c.lsmm.num_endmembers}.")
   need(c.lsmm.init in _INITS, "lsmm.init", f"one of {_INITS}, got {c.lsmm.init!r}.")
@@ -267,6 +290,9 @@ def validate(c, num_devices=None, num_bands=None):
          f"microbatches is not divisible by the {num_devices} devices.")
   if num_bands is not None:
     need(num_bands >= 1, "data", "the data set has no bands.")
+    need(m.tokenizer != "band_groups" or m.band_groups <= num_bands,
+         "model.band_groups", f"{m.band_groups} groups for {num_bands} bands; "
+         f"at most one group per band.")
     need(c.data.num_bands in (0, num_bands), "data.num_bands",
          f"the config expects {c.data.num_bands} bands but the data set has "
          f"{num_bands}; set data.num_bands={num_bands} (or 0) or point "
@@ -283,6 +309,10 @@ def tables_group():
   #   evenly spaced checkpoints (held-out eval + linear probe at each).
   t.vca_pixels = 4096  # Held-out pixels sampled for VCA's endmember search.
   t.compilation_cache = True  # Persistent XLA cache in workdir/jax_cache.
+  t.scene = ml_collections.ConfigDict()  # Labelled real scenes (data.labels; scene_classification.py).
+  t.scene.shots = (5, 10, 50)  # Labelled pixels per class.
+  t.scene.draws = 5  # Random label draws per seed and k.
+  t.scene.head_layout = "upsample"  # Heads: C logits per token, bilinear to pixels ('pixels': p*p*C per token).
   t.downstream = ml_collections.ConfigDict()
   t.downstream.heads = ("linear", "conv")  # Heads on the frozen encoder.
   t.downstream.label_fractions = (0.01, 0.1, 1.0)  # Shares of labelled train tiles.
@@ -291,4 +321,11 @@ def tables_group():
   t.downstream.lr = 3e-3  # Head peak learning rate (AdamW, cosine decay).
   t.downstream.batch_size = 32  # Tiles per head step.
   t.downstream.conv_width = 64  # Channels of the conv head's 3x3 layer.
+  t.downstream.finetune = True  # Also train encoder + linear head end to end (pretrained and from scratch).
+  t.downstream.finetune_steps = 300  # Fine-tuning optimiser steps.
+  t.downstream.finetune_lr = 1e-3  # Fine-tuning peak lr of the head (AdamW, warm-up + cosine).
+  t.downstream.finetune_layer_decay = 0.75  # Encoder layer l gets lr * decay^(depth + 1 - l).
+  t.downstream.finetune_weight_decay = 0.05  # AdamW decay on matrices.
+  t.downstream.pixel_classifiers = ("logreg", "svm")  # Classic raw-spectra floors (scikit-learn).
+  t.downstream.max_pixels = 20000  # Training pixels drawn for the classic floors (SVMs scale badly).
   return t

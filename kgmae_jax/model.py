@@ -24,6 +24,12 @@ projected decoder state (spatial context), then GELU and a dense layer to M.
 A token summarises p*p pixels x B bands, so the token head cannot resolve
 sub-patch mixtures; the pixel head can.
 
+Tokenizers (`tokenizer`; kgmae_jax/tokenizers.py): the paper's linear patch
+embedding, a per-pixel spectral adapter before it, or band-group tokens (one
+per patch and group of adjacent bands). Masking always hides whole patches,
+so everything after the encoder sees one token per patch; the encoder's
+output per patch is `feature_width` wide (D, or G*D for band groups).
+
 Position embeddings are fixed 2-D sin-cos, computed from the patch grid, so one
 set of weights serves any tile size divisible by p. With `lsmm=False` and the
 SAM/LSMM weights at 0 this is the plain ViT-MAE baseline.
@@ -39,12 +45,28 @@ import numpy as np
 
 from kgmae_jax import losses
 from kgmae_jax import patching
+from kgmae_jax import tokenizers
 
 
 # Name of the endmember parameter (top level of the params tree): the
 # optimiser gives it its own learning rate, no weight decay, and freezes it
 # with lsmm.learn = False (train.make_optimizer).
 ENDMEMBERS_PARAM = "endmembers_raw"
+
+
+def encoder_layer(path, depth):
+  """Depth of a parameter in the encoder path, for layer-wise learning-rate
+  decay: 0 the tokenizer (`embed`, `adapter`), i + 1 encoder block i, `depth`
+  the encoder's final norm; None for a parameter `encode` does not use
+  (decoder, heads, endmembers). `path`: key path from the params' top."""
+  keys = [getattr(k, "key", None) for k in path]
+  if keys[0] in ("embed", "adapter"):
+    return 0
+  if keys[0] != "encoder":
+    return None
+  if len(keys) > 1 and str(keys[1]).startswith("block"):
+    return int(keys[1][len("block"):]) + 1
+  return depth
 
 
 def sincos_2d(grid_hw, dim):
@@ -134,6 +156,10 @@ class KarmaMAE(nn.Module):
   max_reflectance: float = 1.0  # Endmember bound; 0: softplus, no bound.
   endmember_init: Optional[Callable] = None  # (key, (B, M)) -> reflectance.
   pred_masked_only: bool = True  # `pred` computed for masked tokens only.
+  tokenizer: str = "linear"  # linear (paper), adapter, band_groups (tokenizers.py).
+  adapter_channels: tuple = (32, 64, 128)  # tokenizer 'adapter': conv channels.
+  adapter_dim: int = 32  # tokenizer 'adapter': features per pixel.
+  band_groups: int = 8  # tokenizer 'band_groups': G groups of adjacent bands.
   batch_sharding: Optional[Any] = None  # Sharding of per-sample arrays (train).
   dtype: jnp.dtype = jnp.float32
   attention: Optional[str] = None
@@ -141,6 +167,13 @@ class KarmaMAE(nn.Module):
 
   def setup(self):
     p, b = self.patch_size, self.num_bands
+    if self.tokenizer not in tokenizers.TOKENIZERS:
+      raise ValueError(f"tokenizer must be one of {tokenizers.TOKENIZERS}, got "
+                       f"{self.tokenizer!r}.")
+    if self.tokenizer == "adapter":
+      self.adapter = tokenizers.SpectralAdapter(
+          tuple(self.adapter_channels), self.adapter_dim, self.dtype,
+          name="adapter")
     self.embed = nn.Dense(self.width, dtype=self.dtype, name="embed")
     self.encoder = Stack(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
                          self.attention, self.remat, name="encoder")
@@ -172,7 +205,8 @@ class KarmaMAE(nn.Module):
           lambda key, shape: self._to_raw(init(key, shape)), (b, m))
 
   def encode(self, x, ids_keep=None):
-    """Standardised cube (N, H, W, B) -> visible-token embeddings (N, K, D).
+    """Standardised cube (N, H, W, B) -> visible-token embeddings (N, K, F),
+    F = `feature_width`.
 
     ids_keep (N, K) selects visible tokens; None keeps all (no masking).
     """
@@ -180,7 +214,7 @@ class KarmaMAE(nn.Module):
     _, h, w, _ = x.shape
     p = self.patch_size
     patches = patching.patchify(x, p)
-    grid = (h // p, w // p)
+    grid = self.token_grid(h, w)
     pos = self._pos(grid, patches.shape[0])
     if ids_keep is not None:  # Gather first: only visible patches are embedded.
       patches = patching.gather_tokens(patches, ids_keep)
@@ -197,9 +231,29 @@ class KarmaMAE(nn.Module):
                             (n, grid[0] * grid[1], self.width))
 
   def _encode_tokens(self, patches, pos):
-    """Visible patches (N, K, p*p*B) and their positions -> embeddings."""
-    tokens = self.embed(patches.astype(self.dtype)) + pos.astype(self.dtype)
-    return self.encoder(tokens)
+    """Visible patches (N, K, p*p*B) and their positions (N, K, D) ->
+    embeddings (N, K, F), F = `feature_width` (D, or G*D for band groups)."""
+    x, pos = patches.astype(self.dtype), pos.astype(self.dtype)
+    n, k, _ = x.shape
+    if self.tokenizer == "linear":
+      return self.encoder(self.embed(x) + pos)
+    if self.tokenizer == "adapter":
+      pixels = x.reshape(n, k, -1, self.num_bands)
+      return self.encoder(self.embed(self.adapter(pixels).reshape(n, k, -1)) + pos)
+    g = self.band_groups  # One token per (patch, band group).
+    spectral = tokenizers.sincos_1d(g, self.width).astype(self.dtype)
+    tokens = (self.embed(tokenizers.to_band_groups(x, self.num_bands, g))
+              + pos[:, :, None] + spectral)
+    return self.encoder(tokens.reshape(n, k * g, self.width)).reshape(n, k, -1)
+
+  @property
+  def feature_width(self):
+    """Encoder output width per patch (embeddings, probes)."""
+    return tokenizers.feature_width(self.tokenizer, self.width, self.band_groups)
+
+  def token_grid(self, height, width):
+    """(gh, gw) patches of an H x W cube (H, W multiples of the patch size)."""
+    return token_grid(height, width, self.patch_size)
 
   def decode(self, latent, ids_restore):
     """Visible latents (N, K, D) -> decoder tokens (N, L, E) in image order."""
@@ -216,8 +270,8 @@ class KarmaMAE(nn.Module):
     image order (evaluation, inference; training calls `shuffled`)."""
     n, h, w, _ = x.shape
     p = self.patch_size
-    grid = (h // p, w // p)
     self._check_bands(x)
+    grid = self.token_grid(h, w)
     k, num_tokens = ids_keep.shape[1], grid[0] * grid[1]
     ids_shuffle = jnp.argsort(ids_restore, axis=1)  # [:, :k] == ids_keep.
     patches = patching.gather_tokens(patching.patchify(x, p), ids_shuffle)
@@ -299,6 +353,14 @@ class KarmaMAE(nn.Module):
     return jax.nn.softplus(raw)
 
 
+def token_grid(height, width, patch_size):
+  """(gh, gw) patches of an H x W cube; raises unless the patch divides both."""
+  if height % patch_size or width % patch_size:
+    raise ValueError(f"Cube of {height}x{width} pixels is not divisible by "
+                     f"patch_size={patch_size}.")
+  return height // patch_size, width // patch_size
+
+
 def standardise(cube, valid, mean, std):
   """Reflectance (N, H, W, B) -> (x - mean) / std, 0 at invalid pixels."""
   x = (cube - mean) / std
@@ -315,7 +377,8 @@ def forward(model, params, cube, valid, ids_keep, ids_restore, mean, std):
   """
   n, h, w, b = cube.shape
   p = model.patch_size
-  num_tokens = (h // p) * (w // p)
+  gh, gw = token_grid(h, w, p)
+  num_tokens = gh * gw
   x = standardise(cube, valid, mean, std)
   out = model.apply({"params": params}, x, ids_keep, ids_restore)
   res = {
@@ -346,7 +409,7 @@ def train_forward(model, params, cube, valid, ids_shuffle, ids_restore, k, mean,
   """
   n, h, w, b = cube.shape
   p = model.patch_size
-  grid = (h // p, w // p)
+  grid = token_grid(h, w, p)
   num_tokens = grid[0] * grid[1]
   refl = patching.gather_tokens(patching.patchify(cube, p), ids_shuffle)
   ok = patching.gather_tokens(patching.pixels_per_token(valid, p), ids_shuffle)
@@ -449,6 +512,10 @@ def build(model_cfg, lsmm_cfg, num_bands, endmembers=None, platform=None):
       dtype=jnp.dtype(dtype),
       attention=attention,
       remat=model_cfg.remat,
+      tokenizer=model_cfg.tokenizer,
+      adapter_channels=tuple(model_cfg.adapter_channels),
+      adapter_dim=model_cfg.adapter_dim,
+      band_groups=model_cfg.band_groups,
   )
 
 
