@@ -53,6 +53,7 @@ from kgmae_jax import config_lib
 from kgmae_jax import patching
 from kgmae_jax import report
 from kgmae_jax import sharding
+from kgmae_jax import tokenizers
 from kgmae_jax import train
 
 PRESETS = {
@@ -82,7 +83,7 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # Dense, SXM.
 
 
 def make_config(preset, *, lsmm, batch_size, dtype, attention, remat,
-                grad_accum, pipeline_tiles=16, data_dir=""):
+                grad_accum, pipeline_tiles=16, data_dir="", tokenizer=None):
   """A base_config with the preset's model (or the preset's config file);
   lsmm=False is the MAE baseline."""
   if "config" in preset:
@@ -95,6 +96,8 @@ def make_config(preset, *, lsmm, batch_size, dtype, attention, remat,
   c.data.num_workers = 4
   c.data.prefetch = 8
   c.model.dtype, c.model.attention, c.model.remat = dtype, attention, remat
+  if tokenizer:  # None: the preset's (linear unless its config says otherwise).
+    c.model.tokenizer = tokenizer
   c.lsmm.enabled = lsmm
   if not lsmm:
     c.loss.sam = c.loss.lsmm = 0.0
@@ -109,6 +112,7 @@ def describe(c, bands):
   m = c.model
   head = (f", {c.lsmm.head} abundance head" if c.lsmm.enabled else ", no LSMM")
   return (f"{c.data.tile_size}x{c.data.tile_size}x{bands}, patch {m.patch_size}, "
+          f"{m.tokenizer} tokenizer, "
           f"enc {m.depth}x{m.width}x{m.num_heads}h, dec {m.dec_depth}x{m.dec_width}x"
           f"{m.dec_num_heads}h, mlp {m.mlp_ratio}, mask {m.mask_ratio}, "
           f"M={c.lsmm.num_endmembers}{head}, AdamW")
@@ -137,11 +141,29 @@ def _preset_config(preset):
   return c
 
 
+def tokenizer_macs(m, bands):
+  """Multiply-accumulates of `m.tokenizer` for one patch of p*p pixels."""
+  pp = m.patch_size ** 2
+  if m.tokenizer == "band_groups":  # One Dense per band group.
+    g = tokenizers.group_size(bands, m.band_groups)
+    return m.band_groups * pp * g * m.width
+  if m.tokenizer == "adapter":  # 1-D convolutions per pixel, then Dense.
+    length, ch_in, per_pixel = bands, 1, 0
+    for (kernel, stride), ch in zip(tokenizers.ADAPTER_CONVS, m.adapter_channels):
+      length = -(-length // stride)
+      per_pixel += length * kernel * ch_in * ch
+      ch_in = ch
+    per_pixel += length * ch_in * m.adapter_dim
+    return pp * per_pixel + pp * m.adapter_dim * m.width
+  return pp * bands * m.width  # The paper's linear patch embedding.
+
+
 def analytic_flops_per_image(c, bands):
   """Training FLOPs per image: 3 x forward matmul FLOPs (2 per MAC).
 
-  Counts what `model.KarmaMAE` computes: embedding of the K visible patches,
-  encoder on K tokens, decoder on all L tokens, pixel head on the L - K
+  Counts what `model.KarmaMAE` computes: the tokenizer of the K visible
+  patches (`tokenizer_macs`), encoder on K tokens (K*G with band groups),
+  decoder on all L tokens, pixel head on the L - K
   masked ones, LSMM head (pixel head: token and spectrum projections, output
   per pixel; token head: MLP per token) and mixing A.a; attention as QK^T
   and AV. Elementwise work (norms, losses,
@@ -159,9 +181,11 @@ def analytic_flops_per_image(c, bands):
     attention = 2 * tokens * tokens * width  # QK^T and AV (MACs).
     return depth * (tokens * per_token + attention)
 
-  macs = keep * pix * m.width  # Patch embedding.
-  macs += stack(keep, m.width, m.depth)
-  macs += keep * m.width * m.dec_width  # Decoder embedding.
+  macs = keep * tokenizer_macs(m, bands)  # Tokenizer, per visible patch.
+  seq_enc = tokenizers.sequence_length(m.tokenizer, keep, m.band_groups)
+  macs += stack(seq_enc, m.width, m.depth)
+  feat = tokenizers.feature_width(m.tokenizer, m.width, m.band_groups)
+  macs += keep * feat * m.dec_width  # Decoder embedding.
   macs += stack(seq, m.dec_width, m.dec_depth)
   macs += (seq - keep) * m.dec_width * pix  # Pixel head, masked tokens.
   if c.lsmm.enabled:
@@ -339,7 +363,7 @@ def compiled_step_cost(c, bands, batch, mesh):
   return _xla_cost(compiled)
 
 
-def cost_table(preset_name, dtype, attention, batches=(2, 4)):
+def cost_table(preset_name, dtype, attention, batches=(2, 4), tokenizer=None):
   """Per-image GFLOP and GB accessed of the compiled step, KARMA and MAE:
   (cost(b2) - cost(b1)) / (b2 - b1), which leaves out the per-step work that
   does not scale with the batch (the optimiser)."""
@@ -349,7 +373,8 @@ def cost_table(preset_name, dtype, attention, batches=(2, 4)):
   rows, setting = [], None
   for name in COST_MODELS:
     c = make_config(preset, lsmm=(name != "mae"), batch_size=batches[0],
-                    dtype=dtype, attention=attention, remat=False, grad_accum=1)
+                    dtype=dtype, attention=attention, remat=False, grad_accum=1,
+                    tokenizer=tokenizer)
     if name == "karma_token":
       c.lsmm.head, c.lsmm.per_pixel = "token", False  # karma_enmap.py:paper's head.
     setting = setting or describe(c, preset["bands"])
@@ -431,6 +456,8 @@ def run(argv=None):
   ap.add_argument("--preset", choices=sorted(PRESETS), default="reference")
   ap.add_argument("--batch_sizes", default=None, help="e.g. 64,128,256")
   ap.add_argument("--models", default="karma,mae")
+  ap.add_argument("--tokenizer", default=None, choices=list(tokenizers.TOKENIZERS),
+                  help="model.tokenizer of every model (default: the preset's)")
   ap.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float32"],
                   help="default: the preset's (bfloat16; quickstart: its config's auto)")
   ap.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
@@ -457,7 +484,8 @@ def run(argv=None):
   if args.dtype is None:
     args.dtype = PRESETS[args.preset].get("dtype", "bfloat16")
   if args.cost:
-    table, rows = cost_table(args.preset, args.dtype, args.attention)
+    table, rows = cost_table(args.preset, args.dtype, args.attention,
+                             tokenizer=args.tokenizer)
     print(table)
     if args.out:
       out = pathlib.Path(args.out)
@@ -497,7 +525,8 @@ def run(argv=None):
       c = make_config(preset, lsmm=(name == "karma"), batch_size=n,
                       dtype=args.dtype, attention=args.attention,
                       remat=args.remat, grad_accum=args.grad_accum,
-                      pipeline_tiles=tiles, data_dir=args.data_dir)
+                      pipeline_tiles=tiles, data_dir=args.data_dir,
+                      tokenizer=args.tokenizer)
       config_lib.validate(c, num_devices=len(devices), num_bands=preset["bands"])
       row = dict(model=name, batch=n, status="ok",
                  model_flops_per_image=analytic_flops_per_image(c, preset["bands"]))

@@ -41,6 +41,10 @@ def main(argv):
   from kgmae_jax import sharding, train  # pylint: disable=g-import-not-at-top
   sharding.check_process_count(os.environ.get("KGMAE_EXPECTED_PROCESSES"))
   try:
+    if "tables" in _CONFIG.value and _CONFIG.value.data.labels:
+      from kgmae_jax import scene_classification  # pylint: disable=g-import-not-at-top
+      scene_classification.run(_CONFIG.value, _WORKDIR.value)
+      return
     if "tables" in _CONFIG.value:
       from kgmae_jax import tables  # pylint: disable=g-import-not-at-top
       tables.run(_CONFIG.value, _WORKDIR.value)

@@ -192,7 +192,8 @@ def confusion_matrix(labels, pred, num_classes: int, mask=None) -> Array:
 
 
 def classification_metrics(confusion) -> dict[str, Array]:
-  """Top-1, per-class accuracy (recall) and IoU, mean accuracy and mIoU of a confusion
+  """Top-1 (overall accuracy), Cohen's kappa, per-class accuracy (recall) and IoU, mean
+  accuracy (average accuracy) and mIoU of a confusion
   matrix (rows true). Classes without true pixels get NaN accuracy and are left out of
   the means; a class with an empty union (never true, never predicted) is left out of
   mIoU. Top-1 is NaN when nothing counts."""
@@ -202,8 +203,12 @@ def classification_metrics(confusion) -> dict[str, Array]:
   union = true_n + pred_n - tp
   acc = jnp.where(true_n > 0, tp / jnp.where(true_n > 0, true_n, 1.0), jnp.nan)
   iou = jnp.where(union > 0, tp / jnp.where(union > 0, union, 1.0), jnp.nan)
+  total = jnp.sum(cm)
+  chance = jnp.sum(true_n * pred_n) / jnp.maximum(total, 1.0) ** 2
+  top1 = jnp.sum(tp) / total
   return {
-      "top1": jnp.sum(tp) / jnp.sum(cm),
+      "top1": top1,
+      "kappa": (top1 - chance) / (1.0 - chance),  # Cohen's kappa.
       "per_class_acc": acc,
       "mean_class_acc": jnp.nanmean(acc),
       "per_class_iou": iou,

@@ -351,3 +351,31 @@ def check_reflectance(values, *, scale_field, nodata_field, where=''):
     raise ValueError(
         f'{nodata_field}: 1% of the valid values of {where} are below {low:.4g}, '
         f'implausible for reflectance: is the fill value set? Set {nodata_field}.')
+
+
+# ------------------------------------------------------------------ class maps
+def read_class_map(path, shape) -> np.ndarray:
+  """(H, W) int64 class map of a scene of `shape` (H, W, ...): a .npy (H, W)
+  array or the first band of a raster (GeoTIFF, ENVI); 0 = unlabelled."""
+  path = pathlib.Path(os.path.expanduser(str(path)))
+  if not path.is_file():
+    raise FileNotFoundError(f'config.data.labels: {path} is not a file; give '
+                            'a .npy (H, W) or a one-band GeoTIFF class map.')
+  if path.suffix.lower() == '.npy':
+    labels = np.load(path)
+  else:
+    with rasterio.open(path) as src:
+      labels = src.read(1)
+  labels = np.squeeze(labels)
+  if labels.shape != tuple(shape[:2]):
+    raise ValueError(f'config.data.labels: class map {path.name} is '
+                     f'{labels.shape}, the scene is {tuple(shape[:2])} pixels.')
+  if not np.issubdtype(labels.dtype, np.integer):
+    if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+      raise ValueError(f'config.data.labels: {path.name} holds non-integer '
+                       'values; a class map holds class ids (0 = unlabelled).')
+  labels = labels.astype(np.int64)
+  if labels.min() < 0:
+    raise ValueError(f'config.data.labels: {path.name} has negative class ids '
+                     f'({labels.min()}); use 0 for unlabelled pixels.')
+  return labels

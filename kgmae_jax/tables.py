@@ -13,6 +13,11 @@ budget; only the loss terms and the LSMM settings differ):
                                 at each of the run's saved checkpoints;
   workdir/runs/random_encoder/seed<k>/downstream.json   untrained encoder;
   workdir/runs/raw_spectra/seed<k>/downstream.json   heads on the raw spectra;
+  workdir/runs/raw_spectra/seed<k>/pixel_classifiers.json   logistic
+                                regression and RBF SVM per pixel;
+  .../finetune.json             with tables.downstream.finetune, the encoder
+                                fine-tuned with a linear head (mae, karma; the
+                                random encoder's: from scratch);
   workdir/runs/baselines/seed<k>/unmixing.json   FCLS (true endmembers) and
                                 VCA + FCLS on the held-out tiles;
 
@@ -84,7 +89,7 @@ CONTROLS = ("random_encoder", "raw_spectra", "baselines")
 # Runs with learning curves (tables.curve_points > 0).
 CURVE_RUNS = ("mae", "karma")
 RECON_METRICS = ("psnr", "ssim", "sam_deg", "rmse", "ergas", "psnr_band_mean")
-CLS_METRICS = ("top1", "mean_class_acc", "miou")
+CLS_METRICS = ("top1", "mean_class_acc", "miou", "kappa")
 
 
 def selected_runs(tc):
@@ -141,6 +146,28 @@ def _downstream(config, path, featurizer, class_names, seed, full):
   res = downstream.evaluate(*featurizer(), cfg, class_names, seed)
   report.write_json(path, res)
   return res
+
+
+def _cached(path, compute):
+  """The json at `path`, computed (and written) once."""
+  if path.exists():
+    return json.loads(path.read_text())
+  res = compute()
+  report.write_json(path, res)
+  return res
+
+
+def _finetuned(config, cfg, wd, class_names, seed, pretrained=True):
+  """{'finetune': ...} of a run's encoder (or, not pretrained, of its
+  untrained init: the from-scratch floor), cached in finetune.json; {} when
+  tables.downstream.finetune is off."""
+  if not config.tables.downstream.finetune:
+    return {}
+  def compute():
+    model, params = restore_model(cfg, wd, pretrained)
+    return downstream.evaluate_finetune(
+        model, params, data.band_stats(config.data), config, class_names, seed)
+  return _cached(wd / "finetune.json", compute)
 
 
 def _encoder(config, wd, pretrained=True, step=None):
@@ -255,6 +282,8 @@ def collect(config, workdir):
       summary = json.loads(summary_path.read_text())
       ds = _downstream(config, wd / "downstream.json", _encoder(cfg, wd),
                        class_names, seed, name in FULL_DOWNSTREAM)
+      if name in FULL_DOWNSTREAM:
+        ds = ds | _finetuned(config, cfg, wd, class_names, seed)
       record = {"summary": summary, "downstream": ds, "workdir": str(wd)}
       if tc.curve_points and name in CURVE_RUNS:
         record["curve"] = learning_curve(config, cfg, wd, class_names, seed,
@@ -267,11 +296,15 @@ def collect(config, workdir):
     ds = _downstream(config, wd / "downstream.json",
                      _encoder(cfg, wd, pretrained=False), class_names, seed,
                      True)
+    ds = ds | _finetuned(config, cfg, wd, class_names, seed, pretrained=False)
     records["random_encoder"].append({"downstream": ds})
     wd = epath.Path(workdir) / "runs" / "raw_spectra" / f"seed{seed}"
     wd.mkdir(parents=True, exist_ok=True)
     ds = _downstream(config, wd / "downstream.json", _raw_spectra(config),
                      class_names, seed, True)
+    ds = ds | _cached(wd / "pixel_classifiers.json", lambda: (
+        downstream.pixel_classifiers(data.band_stats(config.data), config,
+                                     class_names, seed)))
     records["raw_spectra"].append({"downstream": ds})
     wd = epath.Path(workdir) / "runs" / "baselines" / f"seed{seed}"
     wd.mkdir(parents=True, exist_ok=True)
@@ -284,7 +317,7 @@ def collect(config, workdir):
 
 
 # ---------------------------------------------------------------- aggregation
-def _cell(values):
+def cell(values):
   mean, (lo, hi) = table_report.ci95(values)
   return {"mean": mean, "ci95": [lo, hi], "values": [float(x) for x in values]}
 
@@ -298,7 +331,7 @@ def _row(per_seed):
     vals = [r.get(k, np.nan) for r in per_seed]
     vals = [float(v) if isinstance(v, (int, float)) else np.nan for v in vals]
     if np.all(np.isfinite(vals)):
-      row[k] = _cell(vals)
+      row[k] = cell(vals)
   return row
 
 
@@ -319,6 +352,12 @@ def _cls(res, suffix=""):
 MODEL_LABELS = {"random_encoder": "random encoder (no pretraining)",
                 "raw_spectra": "raw spectra (no encoder)",
                 "mae": "ViT-MAE", "karma": "KARMA"}
+
+
+def _head_label(name, head):
+  """Row label of a head; the untrained encoder fine-tuned is 'from scratch'."""
+  return "finetune (from scratch)" if (name, head) == ("random_encoder",
+                                                       "finetune") else head
 
 
 def build_tables(records, config):
@@ -345,11 +384,11 @@ def build_tables(records, config):
       continue
     for head, by_frac in recs[0]["downstream"].items():
       for frac in by_frac:
-        row = f"{MODEL_LABELS[name]} | {head} | {100 * float(frac):g} % labels"
+        row = f"{MODEL_LABELS[name]} | {_head_label(name, head)} | {100 * float(frac):g} % labels"
         t["downstream"][row] = _row(
             [_cls(r["downstream"][head][frac]["test"]) for r in recs])
       full = max(by_frac, key=float)
-      t["cross_region"][f"{MODEL_LABELS[name]} | {head}"] = _row([
+      t["cross_region"][f"{MODEL_LABELS[name]} | {_head_label(name, head)}"] = _row([
           _cls(r["downstream"][head][full]["test"], "_A")
           | _cls(r["downstream"][head][full]["test_b"], "_B") for r in recs])
   # Unmixing against the truth.

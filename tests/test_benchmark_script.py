@@ -75,6 +75,31 @@ def test_analytic_flops_match_hand_count():
   assert sb.analytic_flops_per_image(c, 218) == 6 * (hand + extra)
 
 
+def test_analytic_flops_of_the_tokenizers():
+  """Band groups: G Dense(p*p*g -> D) per patch, the encoder on K*G tokens,
+  the decoder embedding from G*D; adapter: its convolutions per pixel."""
+  sys.path.insert(0, str(ROOT))
+  from benchmarks import step_benchmark as sb  # pylint: disable=g-import-not-at-top
+  preset = dict(sb.PRESETS["reference"])
+  c = sb.make_config(preset, lsmm=False, batch_size=64, dtype="bfloat16",
+                     attention="auto", remat=False, grad_accum=1,
+                     tokenizer="band_groups")
+  c.model.band_groups = 8  # 218 bands: groups of 28, the last padded.
+  k, gk = 49, 49 * 8
+  hand = (k * 8 * 256 * 28 * 512 + 12 * (gk * 12 * 512**2 + 2 * gk**2 * 512)
+          + k * 8 * 512 * 512 + 8 * (196 * 12 * 512**2 + 2 * 196**2 * 512)
+          + 147 * 512 * 55808)
+  assert sb.analytic_flops_per_image(c, 218) == 6 * hand
+  c.model.tokenizer = "adapter"  # 218 -> 44 -> 9 -> 3 positions.
+  per_pixel = (44 * 7 * 1 * 32 + 9 * 7 * 32 * 64 + 3 * 5 * 64 * 128
+               + 3 * 128 * 32)
+  hand = (k * (256 * per_pixel + 256 * 32 * 512)
+          + 12 * (k * 12 * 512**2 + 2 * k**2 * 512)
+          + k * 512 * 512 + 8 * (196 * 12 * 512**2 + 2 * 196**2 * 512)
+          + 147 * 512 * 55808)
+  assert sb.analytic_flops_per_image(c, 218) == 6 * hand
+
+
 def test_cost_table_from_the_compiled_step(tmp_path):
   """--cost compiles (nothing runs) KARMA, KARMA with the token head and MAE and
   prints GFLOP and GB per image, differenced over two batch sizes."""

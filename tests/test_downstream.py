@@ -99,3 +99,80 @@ def test_linear_probe_on_raw_spectra_learns_separable_classes():
                              batch_size=8, seed=0)
   res = downstream.score_head(head, hp, f, labels, valid, ("a", "b"))
   assert res["top1"] > 95
+
+
+def _encoder_leaves(params, model):
+  """{path: array} of the parameters `encode` uses."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat
+          if model_lib.encoder_layer(k, model.depth) is not None}
+
+
+def test_finetuning_changes_the_encoder_and_nothing_else():
+  model, params, cube, labels, valid, stats = _setup()
+  head = downstream.PixelHead(2, model.patch_size)
+  before = jax.tree.map(np.array, params)
+  tuned, hp = downstream.finetune(
+      model, params, head, (cube, valid, labels, valid), stats, steps=30,
+      lr=1e-2, layer_decay=0.75, weight_decay=0.0, batch_size=4, seed=0)
+  enc_before, enc_after = (_encoder_leaves(before, model),
+                           _encoder_leaves(tuned, model))
+  assert enc_before and all(np.any(enc_after[k] != v)
+                            for k, v in enc_before.items())
+  # Decoder, pixel head, LSMM head and endmembers are never updated.
+  flat = jax.tree_util.tree_flatten_with_path(tuned)[0]
+  rest = [(k, v) for k, v in flat if model_lib.encoder_layer(k, 1) is None]
+  assert any("decoder" in jax.tree_util.keystr(k) for k, _ in rest)
+  for k, v in rest:
+    np.testing.assert_array_equal(
+        np.asarray(v), np.asarray(_get(before, k)), err_msg=str(k))
+  # The caller's parameters are untouched, and the result classifies.
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, params))
+  f = np.asarray(downstream.encoder_featurizer(model, tuned, stats)(cube, valid))
+  res = downstream.score_head(head, hp, f, labels, valid, ("a", "b"))
+  assert res["top1"] > 90
+
+
+def _get(tree, path):
+  for k in path:
+    tree = tree[k.key]
+  return tree
+
+
+def test_layer_decay_orders_the_encoder_learning_rates():
+  """One step of plain-gradient size: the tokenizer moves least, the head most
+  (Adam's first step is lr * sign, so |update| is the layer's lr)."""
+  tx = downstream.finetune_optimizer(depth=2, steps=10, lr=1.0, layer_decay=0.5,
+                                     weight_decay=0.0)
+  params = {"model": {"embed": {"bias": jnp.ones(3)},
+                      "encoder": {"block0": {"b": jnp.ones(3)},
+                                  "block1": {"b": jnp.ones(3)},
+                                  "ln": {"scale": jnp.ones(3)}},
+                      "decoder": {"b": jnp.ones(3)}},
+            "head": {"b": jnp.ones(3)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = tx.init(params)
+  for _ in range(2):  # Warm-up: the first step has lr 0.
+    updates, state = tx.update(grads, state, params)
+  size = jax.tree.map(lambda u: float(jnp.abs(u).max()), updates)
+  m = size["model"]
+  assert m["decoder"]["b"] == 0
+  assert (m["embed"]["bias"] < m["encoder"]["block0"]["b"]
+          < m["encoder"]["block1"]["b"] < size["head"]["b"])
+  # Layer l (tokenizer 0, block i at i + 1) at lr * decay^(depth + 1 - l).
+  np.testing.assert_allclose(m["encoder"]["block1"]["b"] / size["head"]["b"],
+                             0.5, rtol=1e-5)
+  np.testing.assert_allclose(m["embed"]["bias"] / size["head"]["b"], 0.125,
+                             rtol=1e-5)
+  assert m["encoder"]["ln"]["scale"] == m["encoder"]["block1"]["b"]
+
+
+def test_classic_pixel_classifiers_separate_spectra():
+  _, _, cube, labels, valid, stats = _setup()
+  x, y = cube[valid], labels[valid]
+  for name in downstream.PIXEL_CLASSIFIERS:
+    clf = downstream.fit_pixel_classifier(name, x[:300], y[:300], stats, 0)
+    res = downstream.score_pixel_classifier(clf, x[300:], y[300:], stats,
+                                            ("a", "b"))
+    assert res["top1"] > 95, name
+    assert res["num_pixels_a"] + res["num_pixels_b"] == len(x) - 300

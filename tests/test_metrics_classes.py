@@ -39,6 +39,10 @@ def test_confusion_and_classification_metrics():
     ious.append(inter / union)  # Class 4 is predicted somewhere: IoU 0, counted.
   np.testing.assert_allclose(out["per_class_iou"], ious, rtol=1e-6)
   np.testing.assert_allclose(out["miou"], np.mean(ious), rtol=1e-6)
+  # Cohen's kappa against scikit-learn on the same labels.
+  from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top
+  np.testing.assert_allclose(
+      out["kappa"], skm.cohen_kappa_score(labels[keep], pred[keep]), rtol=1e-5)
 
 
 def test_perfect_prediction_and_empty_class():
@@ -46,6 +50,7 @@ def test_perfect_prediction_and_empty_class():
   cm = metrics.confusion_matrix(labels, labels, 3)
   out = metrics.classification_metrics(cm)
   assert out["top1"] == 1 and out["miou"] == 1 and out["mean_class_acc"] == 1
+  assert out["kappa"] == 1
   assert np.isnan(out["per_class_iou"][2])  # Never true, never predicted.
 
 

@@ -14,14 +14,21 @@ from kgmae_jax import tables
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODELS = ("random encoder (no pretraining)", "raw spectra (no encoder)",
           "ViT-MAE", "KARMA")
+# (model, head) rows: frozen probes for all, fine-tuning for the encoders
+# (the untrained one's is from scratch), classic classifiers on raw spectra.
+HEADS = ([(m, h) for m in MODELS for h in ("linear", "conv")]
+         + [("ViT-MAE", "finetune"), ("KARMA", "finetune"),
+            ("random encoder (no pretraining)", "finetune (from scratch)"),
+            ("raw spectra (no encoder)", "logreg"),
+            ("raw spectra (no encoder)", "svm")])
 EXPECTED = {
     "reconstruction": ({"ViT-MAE", "KARMA", "train mean spectrum",
                         "visible mean spectrum"},
                        {"psnr", "ssim", "sam_deg", "rmse", "ergas"}),
-    "downstream": ({f"{m} | {h} | {f} % labels" for m in MODELS
-                    for h in ("linear", "conv") for f in (1, 10, 100)},
-                   {"top1", "mean_class_acc", "miou"}),
-    "cross_region": ({f"{m} | {h}" for m in MODELS for h in ("linear", "conv")},
+    "downstream": ({f"{m} | {h} | {f} % labels" for m, h in HEADS
+                    for f in (1, 10, 100)},
+                   {"top1", "mean_class_acc", "miou", "kappa"}),
+    "cross_region": ({f"{m} | {h}" for m, h in HEADS},
                      {"top1_A", "miou_A", "top1_B", "miou_B"}),
     "unmixing": ({"KARMA LSMM head (default: pixel head, learned from k-means init)",
                   "KARMA LSMM as in the paper (token head, learned from random)",
@@ -131,7 +138,7 @@ def test_untrained_encoder_is_the_trainers_init(tmp_path):
 
 
 def _cells(values_by_row, metric="top1"):
-  return {row: {metric: tables._cell(v)} for row, v in values_by_row.items()}
+  return {row: {metric: tables.cell(v)} for row, v in values_by_row.items()}
 
 
 def test_verdicts_in_plain_words_and_the_random_encoder_check():
