@@ -81,7 +81,8 @@ def features(model, params, cube, valid, mean, std):
   p = model.patch_size
   x = model_lib.standardise(cube, valid, mean, std)
   tokens = model_lib.encode(params, x, model=model)  # (N, L, D)
-  return jax.lax.stop_gradient(tokens.reshape(n, h // p, w // p, -1))
+  grid = model_lib.token_grid(h, w, p)
+  return jax.lax.stop_gradient(tokens.reshape(n, *grid, -1))
 
 
 @functools.partial(jax.jit, static_argnames="patch_size")
@@ -91,7 +92,7 @@ def raw_features(cube, valid, mean, std, patch_size):
   n, h, w, _ = cube.shape
   x = model_lib.standardise(cube, valid, mean, std)
   return patching.patchify(x, patch_size).reshape(
-      n, h // patch_size, w // patch_size, -1)
+      n, *model_lib.token_grid(h, w, patch_size), -1)
 
 
 def encoder_featurizer(model, params, stats):
@@ -306,8 +307,8 @@ def finetune(model, params, head, train, stats, *, steps, lr, layer_decay,
   cube, valid, labels, mask = train
   rng = np.random.default_rng(seed)
   p = model.patch_size
-  feats = np.zeros((1, cube.shape[1] // p, cube.shape[2] // p,
-                    model.feature_width), np.float32)
+  grid = model_lib.token_grid(cube.shape[1], cube.shape[2], p)
+  feats = np.zeros((1, *grid, model.feature_width), np.float32)
   both = {"model": params,
           "head": jax.jit(head.init)(jax.random.key(seed), feats)["params"]}
   tx, step = _finetune_fns(model, head, steps, lr, layer_decay, weight_decay)

@@ -34,8 +34,7 @@ from kgmae_jax import unmixing
 
 def _to_pixels(tokens, grid, p):
   """(N, L, p*p, C) or (N, L, C) per token -> (N, H, W, C) per pixel."""
-  if tokens.ndim == 3:  # Per token: every pixel of the patch shares the value.
-    tokens = jnp.repeat(tokens[:, :, None], p * p, axis=2)
+  tokens = model_lib.per_pixel(tokens, p)  # Per token: every pixel shares it.
   n, _, _, c = tokens.shape
   return patching.unpatchify(tokens.reshape(n, -1, p * p * c), p, grid, c)
 
@@ -49,7 +48,7 @@ def make_predict_fn(model, mean, std, mask_ratio):
   @jax.jit
   def predict(params, cube, valid, rng):
     n, h, w, b = cube.shape
-    grid = (h // p, w // p)
+    grid = model_lib.token_grid(h, w, p)
     ids_keep, ids_restore, token_mask = patching.random_masking(
         rng, n, grid[0] * grid[1], mask_ratio)
     res = model_lib.forward(model, params, cube, valid, ids_keep, ids_restore,

@@ -104,7 +104,7 @@ def _outputs(model, params, cube, valid, mean, std, what):
   embeddings (N, T/p, T/p, D)."""
   n, h, w, b = cube.shape
   p = model.patch_size
-  grid = (h // p, w // p)
+  grid = model_lib.token_grid(h, w, p)
   if what == 'embeddings':
     x = model_lib.standardise(cube, valid, mean, std)
     return model_lib.encode(params, x, model=model).reshape(n, *grid, -1)
@@ -113,9 +113,7 @@ def _outputs(model, params, cube, valid, mean, std, what):
   if what == 'reconstruction':
     tokens = (res['pred'] * std + mean).reshape(n, -1, p * p * b)
     return patching.unpatchify(tokens, p, grid, b)
-  a = res['abundances']
-  if a.ndim == 3:  # Per token: every pixel of the patch shares it.
-    a = jnp.repeat(a[:, :, None], p * p, axis=2)
+  a = model_lib.per_pixel(res['abundances'], p)
   m = a.shape[-1]
   return patching.unpatchify(a.reshape(n, -1, p * p * m), p, grid, m)
 

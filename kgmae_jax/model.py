@@ -361,6 +361,14 @@ def token_grid(height, width, patch_size):
   return height // patch_size, width // patch_size
 
 
+def per_pixel(tokens, patch_size):
+  """Per-token values (N, L, C), e.g. a token head's abundances, repeated for
+  each of the patch's pixels: (N, L, p*p, C); per-pixel input unchanged."""
+  if tokens.ndim == 3:
+    return jnp.repeat(tokens[:, :, None], patch_size * patch_size, axis=2)
+  return tokens
+
+
 def standardise(cube, valid, mean, std):
   """Reflectance (N, H, W, B) -> (x - mean) / std, 0 at invalid pixels."""
   x = (cube - mean) / std

@@ -90,7 +90,8 @@ def make_optimizer(optim_cfg, lsmm_cfg, total_steps, max_nonfinite=1):
 # ------------------------------------------------------------ state and step
 def init_state(rng, *, model, tx, tile_size):
   """Fresh TrainState (the model owns its init, endmembers included)."""
-  n_tok = (tile_size // model.patch_size) ** 2
+  gh, gw = model_lib.token_grid(tile_size, tile_size, model.patch_size)
+  n_tok = gh * gw
   ids, _, _ = patching.no_masking(1, n_tok)
   cube = jnp.zeros((1, tile_size, tile_size, model.num_bands), jnp.float32)
   params = model.init(rng, cube, ids, ids)["params"]
@@ -151,7 +152,8 @@ def make_train_step(model, tx, schedule, config, mean, std):
     rng = jax.random.fold_in(rng, state.step)
     cube, valid = batch["cube"], batch["valid"]
     n, h, w, _ = cube.shape
-    num_tokens = (h // model.patch_size) * (w // model.patch_size)
+    gh, gw = model_lib.token_grid(h, w, model.patch_size)
+    num_tokens = gh * gw
     ids_shuffle, ids_restore = patching.random_shuffle(rng, n, num_tokens)
     full = dict(cube=cube, valid=valid, ids_shuffle=ids_shuffle,
                 ids_restore=ids_restore)
