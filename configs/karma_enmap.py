@@ -27,6 +27,10 @@ docs/results/unmixing.md):
                         Endmembers bounded to physical reflectance [0, 1].
   lsmm.lr_mult = 0.5    paper: unpublished. Endmembers are in reflectance
                         units, not network weights.
+The tokenizer stays the paper's (model.tokenizer = 'linear', a Dense per
+16x16x218 patch); 'adapter' and 'band_groups' (kgmae_jax/tokenizers.py) are
+one flag away, e.g. --config.model.tokenizer=band_groups (measured in
+docs/results/real_scenes.md: neither beat the linear tokenizer).
 """
 
 from kgmae_jax import config_lib

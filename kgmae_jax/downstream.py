@@ -331,18 +331,26 @@ def finetune_recipe(dc):
               batch_size=dc.batch_size)
 
 
+def _num_eval(config):
+  """Held-out tiles scored (None: all)."""
+  return config.evals.num_tiles if config.evals.num_tiles > 0 else None
+
+
+def _train_cubes(config):
+  """split_cubes of region A's labelled train tiles (tables.downstream)."""
+  n = config.tables.downstream.num_train_tiles
+  return split_cubes(config.data, "train", config.evals.batch_size,
+                     n if n > 0 else None)
+
+
 def evaluate_finetune(model, params, stats, config, class_names, seed,
                       splits=("test", "test_b")):
   """{'finetune': {str(fraction): {split: metrics}}}: the encoder from
   `params` (pretrained, or an untrained init for the from-scratch floor) and
   a linear PixelHead trained end to end on each label fraction of region A's
   train tiles (config.tables.downstream), scored on `splits`."""
-  dc = config.tables.downstream
-  bs = config.evals.batch_size
-  cube, valid, labels = split_cubes(
-      config.data, "train", bs, dc.num_train_tiles if dc.num_train_tiles > 0
-      else None)
-  num_eval = config.evals.num_tiles if config.evals.num_tiles > 0 else None
+  dc, bs, num_eval = config.tables.downstream, config.evals.batch_size, _num_eval(config)
+  cube, valid, labels = _train_cubes(config)
   head = PixelHead(len(class_names), model.patch_size)
   out = {}
   for frac, idx in label_subsets(len(cube), dc.label_fractions, seed).items():
@@ -395,12 +403,8 @@ def pixel_classifiers(stats, config, class_names, seed,
   """{classifier: {str(fraction): {split: metrics}}} of the classic floors
   on each label fraction's pixels (at most
   config.tables.downstream.max_pixels of them, drawn with `seed`)."""
-  dc = config.tables.downstream
-  bs = config.evals.batch_size
-  cube, valid, labels = split_cubes(
-      config.data, "train", bs, dc.num_train_tiles if dc.num_train_tiles > 0
-      else None)
-  num_eval = config.evals.num_tiles if config.evals.num_tiles > 0 else None
+  dc, bs, num_eval = config.tables.downstream, config.evals.batch_size, _num_eval(config)
+  cube, valid, labels = _train_cubes(config)
   evals = {}
   for s in splits:
     c, v, y = split_cubes(config.data, s, bs, num_eval)
