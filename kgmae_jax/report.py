@@ -16,6 +16,17 @@ import numpy as np
 from etils import epath
 
 
+def record_revision(workdir):
+  """Appends this code's revision to workdir/revisions.json (every revision
+  that ran part of a resumable workdir); returns the list."""
+  path = epath.Path(workdir) / "revisions.json"
+  revisions = json.loads(path.read_text()) if path.exists() else []
+  if git_revision() not in revisions:
+    revisions.append(git_revision())
+    write_json(path, revisions)
+  return revisions
+
+
 def git_revision():
   """`git describe --always --dirty` of this code (e.g. 'ae29b0e-dirty');
   $KGMAE_GIT_REVISION when set (copies without .git), 'unknown' without git."""

@@ -251,6 +251,7 @@ def run(config, workdir):
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   tc = config.tables
+  revisions = report.record_revision(workdir)
   scene = load(config.data)
   stats = data.band_stats(config.data)
   per_seed = []
@@ -276,7 +277,9 @@ def run(config, workdir):
     per_seed.append(res)
   table = build_table(per_seed)
   report.write_json(workdir / "tables.json", {"scene_classification": table})
-  (workdir / "report.md").write_text(markdown(table, config, tc.scene.shots))
+  (workdir / "report.md").write_text(
+      markdown(table, config, tc.scene.shots)
+      + f"\nCode revisions that ran part of this workdir: {', '.join(revisions)}.\n")
   logging.info("Wrote %s and %s.", workdir / "tables.json",
                workdir / "report.md")
   return table

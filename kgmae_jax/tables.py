@@ -501,11 +501,7 @@ def run(config, workdir):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   report.write_json(workdir / "tables_config.json", config.to_dict())
   # Every code revision that ran part of this workdir (resumes can mix them).
-  rev_path = workdir / "revisions.json"
-  revisions = json.loads(rev_path.read_text()) if rev_path.exists() else []
-  if report.git_revision() not in revisions:
-    revisions.append(report.git_revision())
-    report.write_json(rev_path, revisions)
+  revisions = report.record_revision(workdir)
   records = collect(config, workdir)
   tables = build_tables(records, config)
   report.write_json(workdir / "tables.json", tables)
