@@ -30,6 +30,7 @@ setuptools.setup(
         "grain>=0.2.10,<0.3",
         "matplotlib>=3.8,<4",
         "tensorboardX>=2.6,<3",
+        "tqdm>=4.60,<5",  # Progress bars (progress.py).
         "rasterio>=1.3,<2",  # GeoTIFF / ENVI reading and writing (scene.py, predict.py).
         # Spectral libraries read by kgmae_jax/spectra.py (file layouts pinned).
         "earthlib==1.1.0",
