@@ -27,8 +27,9 @@ from tests import tiny_config
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("data"))
+def data_dir(tiny_run):
+  """The shared run's data_dir: its build serves this module's runs too."""
+  return tiny_run[1].data.data_dir
 
 
 def config_for(data_dir, **train_overrides):
@@ -60,12 +61,10 @@ def log_rows(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(data_dir, tmp_path_factory):
-  """An uninterrupted 8-step run: logs every 2 steps, checkpoints every 4."""
-  workdir = tmp_path_factory.mktemp("ref")
-  config = config_for(data_dir)
-  summary = train.train_and_evaluate(config, str(workdir))
-  return workdir, config, summary
+def reference(tiny_run):
+  """An uninterrupted 8-step run: logs every 2 steps, checkpoints every 4
+  (conftest's, shared with test_inference.py; config_for(data_dir)'s config)."""
+  return tiny_run
 
 
 def test_outputs(reference):
