@@ -1,7 +1,7 @@
 """Test set-up: 8 fake CPU devices, so sharding code runs as on a small pod,
 one persistent compilation cache for the session and its subprocesses (the
 end-to-end tests compile the same tiny step many times), and the fixtures
-several test modules share: one tiny trained run."""
+several test modules share: one tiny trained run, and `no_eval`."""
 
 import os
 import tempfile
@@ -33,3 +33,12 @@ def tiny_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("tiny_run")
   summary = train.train_and_evaluate(config, str(workdir))
   return workdir, config, summary
+
+
+@pytest.fixture
+def no_eval(monkeypatch):
+  """Skips train_and_evaluate's final evaluation and figures, for tests of
+  the loop only (what they skip is tested on `tiny_run`)."""
+  from kgmae_jax import evaluate, plots  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: {"metrics": {}})
+  monkeypatch.setattr(plots, "write_all", lambda *a, **k: None)
