@@ -31,6 +31,7 @@ setuptools.setup(
         "matplotlib>=3.8,<4",
         "tensorboardX>=2.6,<3",
         "scikit-learn>=1.3,<2",  # Raw-spectra floors: logistic regression, RBF SVM (downstream.py).
+        "tqdm>=4.60,<5",  # Progress bars (progress.py).
         "rasterio>=1.3,<2",  # GeoTIFF / ENVI reading and writing (scene.py, predict.py).
         # Spectral libraries read by kgmae_jax/spectra.py (file layouts pinned).
         "earthlib==1.1.0",

@@ -18,6 +18,7 @@ with ``valid`` (N, T, T), True where every band is finite. Nothing here imports
 TensorFlow.
 """
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -33,6 +34,7 @@ import tensorflow_datasets as tfds
 from kgmae_jax import benchmark
 from kgmae_jax import dataset
 from kgmae_jax import enmap_l2a
+from kgmae_jax import progress
 from kgmae_jax import scene
 
 BUILDERS: dict[str, type[dataset.DataSet]] = {
@@ -96,13 +98,40 @@ def _build(builder: dataset.DataSet, name: str) -> None:
   logging.info('Building %s/%s (tiles of %dx%d) into %s.', name, c.name,
                c.tile_size, c.tile_size, builder.data_dir)
   start = time.perf_counter()
-  builder.download_and_prepare(
-      file_format='array_record',
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=builder.manual_download_dir(),
-          compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  with progress.bar(None, f'build {name}', unit='tile') as bar, _counting(
+      builder, bar):
+    builder.download_and_prepare(
+        file_format='array_record',
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=builder.manual_download_dir(),
+            compute_stats=tfds.download.ComputeStatsMode.SKIP))
   logging.info('Built %s/%s in %.1f s.', name, c.name,
                time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _counting(builder: dataset.DataSet, bar):
+  """While open, each example `builder` writes is counted on `bar`.
+
+  Every builder's tiles come from its TFDS shard generators; this wraps them,
+  for this build only, by an instance attribute over the class's method.
+  """
+  # pylint: disable=protected-access
+  shards = builder._shard_iterators_per_split
+
+  def counted(fn):
+    def examples():
+      for example in fn():
+        yield example
+        bar.update()
+    return examples
+
+  builder._shard_iterators_per_split = lambda dl: {
+      split: [counted(fn) for fn in fns] for split, fns in shards(dl).items()}
+  try:
+    yield
+  finally:
+    del builder._shard_iterators_per_split
 
 
 def prepared_builder(data_cfg) -> dataset.DataSet:

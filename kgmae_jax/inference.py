@@ -30,6 +30,7 @@ from kgmae_jax import checkpoint as ckpt_lib
 from kgmae_jax import config_lib
 from kgmae_jax import model as model_lib
 from kgmae_jax import patching
+from kgmae_jax import progress
 
 WHATS = ('abundances', 'embeddings', 'reconstruction')
 
@@ -167,27 +168,31 @@ def tiled_predict(read, height, width, apply_fn, *, tile, stride, factor=1,
   wp = max(c for _, c in origins) + tile
   total = wsum = None
   valid_out = np.zeros((hp // factor, wp // factor), bool)
-  for i in range(0, len(origins), batch_size):
-    chunk = origins[i:i + batch_size]
-    cubes, valids = zip(*(read(r, c, tile) for r, c in chunk))
-    cube, valid = np.stack(cubes), np.stack(valids)
-    pad = batch_size - len(chunk)
-    if pad:
-      cube = np.concatenate([cube, np.zeros((pad,) + cube.shape[1:],
-                                            cube.dtype)])
-      valid = np.concatenate([valid, np.zeros((pad,) + valid.shape[1:], bool)])
-    cube = np.where(valid[..., None], cube, 0).astype(np.float32)
-    out = np.asarray(apply_fn(cube, valid))[:len(chunk)]
-    if total is None:
-      total = np.zeros((hp // factor, wp // factor, out.shape[-1]), np.float32)
-      wsum = np.zeros((hp // factor, wp // factor), np.float32)
-    for (r, c), o, v in zip(chunk, out, valid):
-      rs, cs = slice(r // factor, r // factor + t), slice(c // factor,
-                                                          c // factor + t)
-      total[rs, cs] += o * win[..., None]
-      wsum[rs, cs] += win
-      v = v.reshape(t, factor, t, factor).any(axis=(1, 3))
-      valid_out[rs, cs] |= v
+  with progress.bar(len(origins), 'predict', unit='tile') as bar:
+    for i in range(0, len(origins), batch_size):
+      chunk = origins[i:i + batch_size]
+      cubes, valids = zip(*(read(r, c, tile) for r, c in chunk))
+      cube, valid = np.stack(cubes), np.stack(valids)
+      pad = batch_size - len(chunk)
+      if pad:
+        cube = np.concatenate([cube, np.zeros((pad,) + cube.shape[1:],
+                                              cube.dtype)])
+        valid = np.concatenate([valid,
+                                np.zeros((pad,) + valid.shape[1:], bool)])
+      cube = np.where(valid[..., None], cube, 0).astype(np.float32)
+      out = np.asarray(apply_fn(cube, valid))[:len(chunk)]
+      if total is None:
+        total = np.zeros((hp // factor, wp // factor, out.shape[-1]),
+                         np.float32)
+        wsum = np.zeros((hp // factor, wp // factor), np.float32)
+      for (r, c), o, v in zip(chunk, out, valid):
+        rs, cs = slice(r // factor, r // factor + t), slice(c // factor,
+                                                            c // factor + t)
+        total[rs, cs] += o * win[..., None]
+        wsum[rs, cs] += win
+        v = v.reshape(t, factor, t, factor).any(axis=(1, 3))
+        valid_out[rs, cs] |= v
+      bar.update(len(chunk))
   out = total / wsum[..., None]
   out[~valid_out] = np.nan
   return out[:-(-height // factor), :-(-width // factor)]

@@ -1,5 +1,6 @@
-"""Figures written after training: loss curves, reconstructions, endmembers,
-abundance maps. Everything in physical units (reflectance, nm)."""
+"""Figures written after training (loss curves, reconstructions, endmembers,
+abundance maps) and of a trained model on an image (`model_figure`).
+Everything in physical units (reflectance, nm)."""
 
 import matplotlib
 
@@ -153,6 +154,53 @@ def abundance_maps(plot, class_names, out_path):
     axes[1, j].set_title(f"pred. endmember {r}", fontsize=8)
     for ax in axes[:, j]:
       ax.set_axis_off()
+  save(fig, out_path)
+
+
+def model_figure(cube, valid, recon, angle_deg, abund, wavelengths, pixels,
+                 origin, out_path):
+  """A trained model on one window of an image, in reflectance.
+
+  cube, recon: (H, W, B) input and reconstruction; valid: (H, W) input mask;
+  angle_deg: (H, W) spectral angle between them; abund: (H, W, M) or None;
+  pixels: [(row, col)] in the window, whose spectra are drawn; origin: the
+  window's (row, col) in the image (for the titles). Row 1: false colour
+  (bands nearest 650/550/470 nm, 2-98 % stretch of the input) of input and
+  reconstruction, and the angle; row 2: spectra at `pixels`; row 3 (with
+  abundances): the abundance maps.
+  """
+  r0, c0 = origin
+  idx = enmap.rgb_band_indices(wavelengths)
+  lo_hi = (np.nanpercentile(cube[..., idx], [2, 98]) if valid.any()
+           else (0.0, 1.0))
+  m = 0 if abund is None else abund.shape[-1]
+  cols = max(3, len(pixels), m)
+  rows = 3 if m else 2
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows),
+                           squeeze=False)
+  for ax in axes.flat:
+    ax.set_axis_off()
+  for j, (img, title) in enumerate(((cube, "input"),
+                                    (recon, "reconstruction"))):
+    axes[0, j].imshow(np.nan_to_num(rgb(img, idx, lo_hi)))
+    axes[0, j].set_title(f"{title} (false colour)", fontsize=9)
+    for k, (y, x) in enumerate(pixels):
+      axes[0, j].plot(x, y, "o", mfc="none", mec=f"C{k}")
+  im = axes[0, 2].imshow(angle_deg, cmap="magma")
+  axes[0, 2].set_title("spectral angle (deg)", fontsize=9)
+  fig.colorbar(im, ax=axes[0, 2], fraction=0.046)
+  for k, (y, x) in enumerate(pixels):
+    ax = axes[1, k]
+    ax.set_axis_on()
+    ax.plot(*spectrum_xy(wavelengths, cube[y, x]), "k-", label="input")
+    ax.plot(*spectrum_xy(wavelengths, recon[y, x]), f"C{k}--",
+            label="reconstruction")
+    ax.set(xlabel="wavelength (nm)", ylabel="reflectance",
+           title=f"pixel ({r0 + y}, {c0 + x})")
+    ax.legend(fontsize=7)
+  for j in range(m):
+    axes[2, j].imshow(abund[..., j], vmin=0, vmax=1, cmap="viridis")
+    axes[2, j].set_title(f"abundance, endmember {j}", fontsize=9)
   save(fig, out_path)
 
 

@@ -18,7 +18,11 @@ input pixels are NaN (the GeoTIFF nodata) in the output.
   embeddings      (H/p, W/p, D) encoder tokens, on the patch grid (the
                   GeoTIFF's pixels are p x p input pixels);
   reconstruction  (H, W, B) the decoder's reflectance, no masking;
-  figure          a PNG, see `kgmae_jax/visualize.py` (--pixels, --window).
+  figure          a PNG of a window (--window, default centred, at most 256
+                  px): false colour input and reconstruction, their spectral
+                  angle, spectra at --pixels, abundance maps (`figure`);
+                  `python -m kgmae_jax.visualize` is this command with
+                  --what figure by default.
 """
 
 import os
@@ -31,6 +35,7 @@ import numpy as np
 
 from kgmae_jax import inference
 from kgmae_jax import readers
+from kgmae_jax import unmixing
 
 WHATS = inference.WHATS
 
@@ -92,6 +97,69 @@ def predict_array(loaded, reader, what, *, tile=None, overlap=None,
                                overlap=overlap, batch_size=batch_size)
 
 
+# ------------------------------------------------------------------- figure
+_MAX_WINDOW = 256  # Edge of the figure's default (centred) window, pixels.
+
+
+def _default_pixels(valid, k=3):
+  """k valid (row, col) spread over the (H, W) mask, in raster order."""
+  ys, xs = np.nonzero(valid)
+  if not len(ys):
+    return []
+  idx = np.linspace(0, len(ys) - 1, k + 2)[1:-1].astype(int)
+  return [(int(ys[i]), int(xs[i])) for i in idx]
+
+
+def check_window(window, pixels, height, width):
+  """ValueError naming --window / --pixels unless the window lies inside the
+  (height, width) image and every pixel (row, col) inside the window."""
+  r0, c0, wh, ww = window
+  if min(window) < 0 or wh < 1 or ww < 1 or r0 + wh > height or c0 + ww > width:
+    raise ValueError(
+        f'--window {r0},{c0},{wh},{ww} (row,col,height,width) is not inside '
+        f'the {height} x {width} image.')
+  for y, x in pixels or ():
+    if not (0 <= y < wh and 0 <= x < ww):
+      raise ValueError(
+          f'--pixels ({y}, {x}) is outside the window of {wh} x {ww} pixels '
+          f'(coordinates within --window, 0..{wh - 1}, 0..{ww - 1}).')
+
+
+def figure(workdir, input_path, output, *, pixels=None, window=None,
+           scale=None, nodata=None, wavelengths='', tile=None):
+  """Writes `plots.model_figure` of a window of the input to `output`.
+
+  window: (row, col, height, width), default centred, at most _MAX_WINDOW
+  pixels a side; pixels: (row, col) in it, default three valid ones.
+  Reconstruction and abundances are `inference.reconstruct` / `unmix` of the
+  window (tiled as `run` tiles the whole image). Returns the drawn arrays.
+  """
+  from kgmae_jax import plots  # pylint: disable=g-import-not-at-top
+  loaded = inference.load(workdir)
+  reader = inference.open_image(loaded, input_path, scale=scale, nodata=nodata,
+                                wavelengths=wavelengths)
+  h, w, _ = reader.shape
+  if window is None:
+    wh, ww = min(h, _MAX_WINDOW), min(w, _MAX_WINDOW)
+    window = ((h - wh) // 2, (w - ww) // 2, wh, ww)
+  check_window(window, pixels, h, w)
+  r0, c0, wh, ww = window
+  cube, valid = reader.read(r0, c0, wh, ww)
+  reader.close()
+  readers.check_reflectance(cube[valid], scale_field='--scale',
+                            nodata_field='--nodata', where=reader.name)
+  recon = inference.reconstruct(loaded, cube, valid, tile=tile)
+  abund = (inference.unmix(loaded, cube, valid, tile=tile)[0]
+           if loaded.model.lsmm else None)
+  pixels = pixels or _default_pixels(valid)
+  angle = np.degrees(unmixing.spectral_angle(cube, recon))
+  plots.model_figure(cube, valid, recon, angle, abund, loaded.wavelengths_nm,
+                     pixels, (r0, c0), output)
+  return {'cube': cube, 'valid': valid, 'reconstruction': recon,
+          'abundances': abund, 'pixels': pixels}
+
+
+# ---------------------------------------------------------------------- CLI
 def run(workdir, input_path, output, *, what='abundances', tile=None,
         overlap=None, batch_size=8, scale=None, nodata=None, wavelengths='',
         step=None):
@@ -126,7 +194,7 @@ _INPUT = flags.DEFINE_string('input', None, 'GeoTIFF, ENVI .hdr, .npy or L2A '
                              'product (METADATA.XML, folder or .ZIP).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Output GeoTIFF path.')
 _WHAT = flags.DEFINE_enum('what', 'abundances', WHATS + ('figure',),
-                          'What to write (figure: see kgmae_jax.visualize).')
+                          'What to write (figure: a PNG, see the module doc).')
 _TILE = flags.DEFINE_integer('tile', None, 'Tile size; default the training '
                              'tile size.')
 _OVERLAP = flags.DEFINE_integer('overlap', None, 'Tile overlap in pixels; '
@@ -187,14 +255,12 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   check_paths(_WORKDIR.value, _INPUT.value, _OUTPUT.value)
   if _WHAT.value == 'figure':
-    from kgmae_jax import visualize  # pylint: disable=g-import-not-at-top
     pixels = _ints(_PIXELS.value, '--pixels')
     window = (_ints(_WINDOW.value, '--window', 4)[0] if _WINDOW.value
               else None)
-    visualize.figure(_WORKDIR.value, _INPUT.value, _OUTPUT.value,
-                     pixels=pixels or None, window=window, scale=_SCALE.value,
-                     nodata=_NODATA.value, wavelengths=_WAVELENGTHS.value,
-                     tile=_TILE.value)
+    figure(_WORKDIR.value, _INPUT.value, _OUTPUT.value, pixels=pixels or None,
+           window=window, scale=_SCALE.value, nodata=_NODATA.value,
+           wavelengths=_WAVELENGTHS.value, tile=_TILE.value)
     return
   run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, what=_WHAT.value,
       tile=_TILE.value, overlap=_OVERLAP.value, batch_size=_BATCH.value,

@@ -44,6 +44,7 @@ from kgmae_jax import downstream
 from kgmae_jax import inference
 from kgmae_jax import metrics as metrics_lib
 from kgmae_jax import model as model_lib
+from kgmae_jax import progress
 from kgmae_jax import report
 from kgmae_jax import table_report
 from kgmae_jax import train
@@ -269,6 +270,8 @@ def collect(config, workdir):
   class_names = list(data.class_names(config.data))
   chosen = selected_runs(tc)
   records = {name: [] for name in list(chosen) + list(CONTROLS)}
+  # One step per run and seed, and one per seed's controls.
+  bar = progress.bar(len(tc.seeds) * (len(chosen) + 1), "tables", unit="run")
   for seed in tc.seeds:
     for name in chosen:
       cfg = run_config(config, name, seed, m_true)
@@ -289,6 +292,7 @@ def collect(config, workdir):
         record["curve"] = learning_curve(config, cfg, wd, class_names, seed,
                                          final=ds)
       records[name].append(record)
+      bar.update()
     # Controls: an untrained encoder, raw spectra, classic unmixing baselines.
     cfg = run_config(config, "karma", seed, m_true)
     wd = epath.Path(workdir) / "runs" / "random_encoder" / f"seed{seed}"
@@ -313,6 +317,8 @@ def collect(config, workdir):
       report.write_json(path, unmixing_baselines(cfg, seed, class_names,
                                                         tc.vca_pixels))
     records["baselines"].append({"unmixing": json.loads(path.read_text())})
+    bar.update()
+  bar.close()
   return records
 
 

@@ -29,6 +29,7 @@ from kgmae_jax import config_lib
 from kgmae_jax import losses
 from kgmae_jax import model as model_lib
 from kgmae_jax import patching
+from kgmae_jax import progress
 from kgmae_jax import report
 from kgmae_jax import sharding
 from kgmae_jax import workdir as workdir_lib
@@ -535,9 +536,13 @@ def _train_and_evaluate(config, workdir):
     param_norm = jax.jit(optax.global_norm)  # Log steps only, not in the step.
     unchecked, last_log, t0 = [], start, time.perf_counter()
     stop = cleanup.enter_context(_StopRequests())
+    bar = cleanup.enter_context(progress.bar(  # On process 0 only.
+        total, "train", enabled=None if is_main else False, initial=start,
+        unit="step"))
     for step in range(start + 1, total + 1):
       batch = sharding.put_batch(next(batches), trainer.batch_sharding)
       state, metrics = trainer.step(state, batch, step_rng)
+      bar.update()
       ckpt.raise_if_save_failed(step)  # A failed async save stops the run now.
       unchecked.append((step, metrics))
       log_now = step % config.train.log_every == 0 or step == total
@@ -561,6 +566,8 @@ def _train_and_evaluate(config, workdir):
         scalars["steps_per_sec"] = rate
         writer.write(step, scalars)
         logging.info(_log_line(step, total, scalars, rate))
+        bar.set_postfix(loss=f"{scalars['loss']:.4f}",
+                        steps_per_s=f"{rate:.2f}")
         window, last_log, t0 = [], step, time.perf_counter()
       if eval_now:  # Its time is left out of the next row's steps_per_sec.
         t_eval = time.perf_counter()

@@ -24,15 +24,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  """A tiny KARMA trained for 2 steps on the tiny benchmark."""
-  root = tmp_path_factory.mktemp('inference')
-  c = tiny_config.get(per_pixel=True)
-  c.data.data_dir = str(root / 'data')
-  c.data.tile_size = 16  # SSIM in the final evaluation needs >= 11 pixels.
-  c.train.steps = 2
-  train.train_and_evaluate(c, root / 'work')
-  return root / 'work'
+def workdir(tiny_run):
+  """A tiny KARMA (pixel abundance head) trained for 8 steps on the tiny
+  benchmark: conftest's shared run."""
+  return tiny_run[0]
 
 
 def _refuse(*args, **kwargs):
@@ -48,10 +43,10 @@ def test_load_builds_no_optimiser_and_no_train_step(workdir, monkeypatch):
     monkeypatch.setattr(optax, name, _refuse)
   loaded = inference.load(workdir)
   monkeypatch.undo()
-  assert loaded.step == 2 and loaded.model.num_bands == 218
+  assert loaded.step == 8 and loaded.model.num_bands == 218
   assert loaded.band_mean.shape == loaded.band_std.shape == (218,)
   assert loaded.wavelengths_nm.shape == (218,) and loaded.class_names
-  assert loaded.config.lsmm.per_pixel
+  assert loaded.config.train.steps == 8  # The run's config, not defaults.
   # The same parameters as the trainer's full restore of the same step.
   c = loaded.config
   trainer = train.build_trainer(
@@ -59,7 +54,7 @@ def test_load_builds_no_optimiser_and_no_train_step(workdir, monkeypatch):
                            ('data', 'fsdp')),
       218, loaded.band_mean, loaded.band_std)
   ckpt = ckpt_lib.Checkpointer(workdir, 1, None, create=False)
-  state, _ = ckpt.restore(2, trainer.abstract_state)
+  state, _ = ckpt.restore(loaded.step, trainer.abstract_state)
   ckpt.close()
   jax.tree.map(np.testing.assert_array_equal, loaded.params,
                jax.device_get(state.params))

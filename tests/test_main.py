@@ -52,7 +52,8 @@ def wait_for_checkpoint(proc, workdir, after_step, timeout=240):
   raise TimeoutError(f"no checkpoint after step {after_step} in {timeout} s")
 
 
-def test_sigterm_then_kill9_then_resume_matches_uninterrupted(tmp_path):
+def test_sigterm_then_kill9_then_resume_matches_uninterrupted(tmp_path,
+                                                              no_eval):
   steps = 48
   data_dir, workdir = tmp_path / "data", tmp_path / "run"
   cmd = command(workdir, data_dir, f"--config.train.steps={steps}",
@@ -83,7 +84,8 @@ def test_sigterm_then_kill9_then_resume_matches_uninterrupted(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Resumed from step" in result.stderr
 
-  # The same run, uninterrupted, in this process.
+  # The same run, uninterrupted, in this process (parameters and log rows
+  # only: no final evaluation).
   config = tiny_config.get_config()
   config.data.data_dir, config.data.num_test_b = str(data_dir), 0
   config.train.steps, config.train.log_every = steps, 1

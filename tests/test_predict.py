@@ -2,6 +2,10 @@
 patch grids) is tested in test_inference.py; whole runs in test_scene.py and
 test_enmap_l2a.py."""
 
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -59,3 +63,16 @@ def test_cli_refuses_bad_paths_before_loading_or_computing(tmp_path, monkeypatch
                            pixels='-5,-5'):
     with pytest.raises(Exception, match=r"--pixels='-5,-5': expected non-negative"):
       predict.main(['predict'])
+
+
+def test_visualize_is_predict_with_what_figure(tmp_path):
+  """`python -m kgmae_jax.visualize` runs predict's figure path by default:
+  only that path reads --pixels, and it refuses this one before loading."""
+  (tmp_path / 'checkpoints').mkdir()
+  out = subprocess.run(
+      [sys.executable, '-m', 'kgmae_jax.visualize', f'--workdir={tmp_path}',
+       f'--input={tmp_path / "cube.tif"}', f'--output={tmp_path / "f.png"}',
+       '--pixels=-5,-5'], cwd=pathlib.Path(__file__).resolve().parents[1],
+      capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert "--pixels='-5,-5': expected non-negative" in out.stderr

@@ -206,10 +206,9 @@ def test_predict_on_raw_values_names_the_flag(run, files, tmp_path):
 
 
 def test_figure(run, files, tmp_path):
-  from kgmae_jax import visualize  # pylint: disable=g-import-not-at-top
-  out = visualize.figure(run['workdir'], files['root'] / 'cube.tif',
-                         tmp_path / 'fig.png', pixels=[(30, 3), (20, 40)],
-                         window=(8, 0, 40, 44), tile=16)
+  out = predict.figure(run['workdir'], files['root'] / 'cube.tif',
+                       tmp_path / 'fig.png', pixels=[(30, 3), (20, 40)],
+                       window=(8, 0, 40, 44), tile=16)
   assert (tmp_path / 'fig.png').stat().st_size > 10_000
   assert out['reconstruction'].shape == (40, 44, 198)
   np.testing.assert_array_equal(out['valid'], files['valid'][8:48, :44])
@@ -304,10 +303,9 @@ def test_bad_bands_are_named_and_dropped_by_index_or_range(files, tmp_path):
 ])
 def test_figure_arguments_outside_the_image_are_refused(run, files, tmp_path,
                                                         kwargs, message):
-  from kgmae_jax import visualize  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match=message):
-    visualize.figure(run['workdir'], files['root'] / 'cube.tif',
-                     tmp_path / 'fig.png', tile=16, **kwargs)
+    predict.figure(run['workdir'], files['root'] / 'cube.tif',
+                   tmp_path / 'fig.png', tile=16, **kwargs)
   assert not (tmp_path / 'fig.png').exists()
 
 

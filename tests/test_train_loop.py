@@ -27,8 +27,9 @@ from tests import tiny_config
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("data"))
+def data_dir(tiny_run):
+  """The shared run's data_dir: its build serves this module's runs too."""
+  return tiny_run[1].data.data_dir
 
 
 def config_for(data_dir, **train_overrides):
@@ -60,12 +61,10 @@ def log_rows(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(data_dir, tmp_path_factory):
-  """An uninterrupted 8-step run: logs every 2 steps, checkpoints every 4."""
-  workdir = tmp_path_factory.mktemp("ref")
-  config = config_for(data_dir)
-  summary = train.train_and_evaluate(config, str(workdir))
-  return workdir, config, summary
+def reference(tiny_run):
+  """An uninterrupted 8-step run: logs every 2 steps, checkpoints every 4
+  (conftest's, shared with test_inference.py; config_for(data_dir)'s config)."""
+  return tiny_run
 
 
 def test_outputs(reference):
@@ -106,7 +105,8 @@ def crashed_copy(reference, tmp_path, damage):
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "missing_dir"])
-def test_resume_ends_exactly_like_uninterrupted(reference, tmp_path, damage):
+def test_resume_ends_exactly_like_uninterrupted(reference, tmp_path, damage,
+                                                no_eval):
   ref_dir, config, _ = reference
   workdir = crashed_copy(reference, tmp_path, damage)
   train.train_and_evaluate(config, str(workdir))
@@ -159,7 +159,7 @@ def test_nonfinite_loss_stops_naming_step_and_term(data_dir, tmp_path, monkeypat
   assert [r["step"] for r in log_rows(tmp_path)] == [2, 4]
 
 
-def test_nonfinite_loss_skip_mode(data_dir, tmp_path, monkeypatch):
+def test_nonfinite_loss_skip_mode(data_dir, tmp_path, monkeypatch, no_eval):
   nan_at_step(monkeypatch, 3)
   train.train_and_evaluate(config_for(data_dir, on_nonfinite="skip"), str(tmp_path))
   rows = log_rows(tmp_path)
@@ -178,14 +178,6 @@ def test_too_many_nonfinite_steps_in_a_row_stop_skip_mode(data_dir, tmp_path, mo
 
 
 # ------------------------------------------- one run per workdir (issue 13)
-@pytest.fixture
-def no_eval(monkeypatch):
-  """Skips the final evaluation and figures (tests of the loop only)."""
-  from kgmae_jax import evaluate, plots  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: {"metrics": {}})
-  monkeypatch.setattr(plots, "write_all", lambda *a, **k: None)
-
-
 def test_second_writer_is_refused_and_a_killed_holder_does_not_block(reference, tmp_path, no_eval):
   ref_dir, config, _ = reference
   workdir = crashed_copy(reference, tmp_path, "deleted")
