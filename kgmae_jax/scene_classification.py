@@ -38,6 +38,7 @@ from etils import epath
 
 from kgmae_jax import data
 from kgmae_jax import downstream
+from kgmae_jax import progress
 from kgmae_jax import readers
 from kgmae_jax import report
 from kgmae_jax import table_report
@@ -139,6 +140,7 @@ def evaluate(config, encoders, stats, seed, scene=None):
   feats = {name: np.asarray(f(tiles["cube"], tiles["valid"]))
            for name, (f, _) in featurizers.items()}
   out = {}
+  bar = progress.bar(len(se.shots) * se.draws, f"scene seed {seed}", unit="draw")
 
   def add(method, k, metrics):
     out.setdefault(method, {}).setdefault(str(k), []).append(metrics)
@@ -178,6 +180,8 @@ def evaluate(config, encoders, stats, seed, scene=None):
       logging.info("scene classification: seed %d, k = %d, draw %d: %s", seed,
                    k, d, {m: round(r[str(k)][-1]["top1"], 1)
                           for m, r in out.items()})
+      bar.update()
+  bar.close()
   return out
 
 
