@@ -12,6 +12,7 @@ as a validity mask into every loss and metric.
 import contextlib
 import dataclasses
 import functools
+import math
 import signal
 import threading
 import time
@@ -91,8 +92,7 @@ def make_optimizer(optim_cfg, lsmm_cfg, total_steps, max_nonfinite=1):
 # ------------------------------------------------------------ state and step
 def init_state(rng, *, model, tx, tile_size):
   """Fresh TrainState (the model owns its init, endmembers included)."""
-  gh, gw = model_lib.token_grid(tile_size, tile_size, model.patch_size)
-  n_tok = gh * gw
+  n_tok = math.prod(model_lib.token_grid(tile_size, tile_size, model.patch_size))
   ids, _, _ = patching.no_masking(1, n_tok)
   cube = jnp.zeros((1, tile_size, tile_size, model.num_bands), jnp.float32)
   params = model.init(rng, cube, ids, ids)["params"]
@@ -153,8 +153,7 @@ def make_train_step(model, tx, schedule, config, mean, std):
     rng = jax.random.fold_in(rng, state.step)
     cube, valid = batch["cube"], batch["valid"]
     n, h, w, _ = cube.shape
-    gh, gw = model_lib.token_grid(h, w, model.patch_size)
-    num_tokens = gh * gw
+    num_tokens = math.prod(model_lib.token_grid(h, w, model.patch_size))
     ids_shuffle, ids_restore = patching.random_shuffle(rng, n, num_tokens)
     full = dict(cube=cube, valid=valid, ids_shuffle=ids_shuffle,
                 ids_restore=ids_restore)
